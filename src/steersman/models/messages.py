@@ -1,0 +1,171 @@
+"""The wire format: one message is a small binary prefix, a JSON header and raw payload frames.
+
+Layout (little endian)::
+
+    b"SM" | version u8 | kind u8 | flags u8 | reserved u8 | n_inputs u16 | n_value u16
+    | header_len u32 | frame lengths u64 x (n_inputs + n_value) | header | frames... | [hmac]
+
+The header is the Result without its inputs and value; the frames are the serialized inputs and
+value as raw bytes (never hex or base64). With a key, a SHA-256 HMAC of everything before it is
+appended, and a message whose signature is missing or wrong is rejected before any decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+
+from pydantic import ValidationError
+
+from steersman.exceptions import MessageError
+from steersman.models.result import Result
+from steersman.models.serialization import Frame
+
+MAGIC = b"SM"
+VERSION = 1
+_PREFIX = struct.Struct("<2sBBBBHHI")
+_DIGEST_SIZE = hashlib.sha256().digest_size
+_MAX_FRAMES = 65535
+
+
+class Kind(IntEnum):
+    """What a message carries."""
+
+    REQUEST = 1
+    RESULT = 2
+    KILL = 3
+
+
+class Flags(IntFlag):
+    """Bits of the prefix that let a router act without parsing the header."""
+
+    NONE = 0
+    FAILED = 1
+    SIGNED = 2
+    INTERMEDIATE = 4
+
+
+@dataclass
+class Message:
+    """A decoded message: what it is, and the Result it carries (frames attached, not decoded)."""
+
+    kind: Kind
+    flags: Flags
+    result: Result | None
+
+
+def encode(
+    kind: Kind, result: Result | None = None, *, key: bytes | None = None, with_inputs: bool = True
+) -> list[Frame]:
+    """Encode a message as a list of buffers ready for a vectored write (no payload copies)."""
+    flags = Flags.NONE
+    header = b""
+    inputs: list[Frame] = []
+    value: list[Frame] = []
+    if result is not None:
+        header = result.model_dump_json().encode()
+        if with_inputs and result.input_frames:
+            inputs = result.input_frames
+        if kind is Kind.RESULT:
+            value = result.encode_value() if result.success else []
+            if not result.success:
+                flags |= Flags.FAILED
+            if result.complete is False:
+                flags |= Flags.INTERMEDIATE
+    if key is not None:
+        flags |= Flags.SIGNED
+    frames = [*inputs, *value]
+    if len(inputs) > _MAX_FRAMES or len(value) > _MAX_FRAMES:
+        raise ValueError(f"too many payload frames ({len(frames)}); at most {_MAX_FRAMES} each")
+    lengths = [memoryview(f).nbytes for f in frames]
+    prefix = _PREFIX.pack(MAGIC, VERSION, kind, flags, 0, len(inputs), len(value), len(header))
+    head = prefix + struct.pack(f"<{len(lengths)}Q", *lengths) + header
+    parts: list[Frame] = [head, *frames]
+    if key is not None:
+        parts.append(_digest(key, parts))
+    return parts
+
+
+def peek(data: Frame) -> tuple[Kind, Flags]:
+    """Read only the kind and flags, for routing without decoding the header."""
+    magic, version, kind, flags, *_ = _unpack_prefix(data)
+    return Kind(kind), Flags(flags)
+
+
+def decode(data: Frame, *, key: bytes | None = None) -> Message:
+    """Decode a message; any malformed input raises :class:`MessageError`, nothing else."""
+    view = memoryview(data).cast("B")
+    magic, version, kind_code, flag_bits, _, n_in, n_val, header_len = _unpack_prefix(view)
+    try:
+        kind, flags = Kind(kind_code), Flags(flag_bits)
+    except ValueError:
+        raise MessageError(f"unknown message kind {kind_code} or flags {flag_bits}") from None
+    if key is not None:
+        view = _verify(view, key, flags)
+    elif flags & Flags.SIGNED:
+        view = view[:-_DIGEST_SIZE]
+    offset = _PREFIX.size
+    n_frames = n_in + n_val
+    end_lengths = offset + 8 * n_frames
+    if end_lengths + header_len > len(view):
+        raise MessageError(f"message truncated: {len(view)} bytes, header ends past the end")
+    lengths = struct.unpack_from(f"<{n_frames}Q", view, offset)
+    header = view[end_lengths : end_lengths + header_len]
+    offset = end_lengths + header_len
+    if offset + sum(lengths) != len(view):
+        raise MessageError(
+            f"message length {len(view)} does not match its frames ({offset + sum(lengths)})"
+        )
+    frames: list[memoryview] = []
+    for length in lengths:
+        frames.append(view[offset : offset + length])
+        offset += length
+    result = _parse_header(header) if header_len else None
+    if result is not None:
+        result.attach_frames(frames[:n_in], frames[n_in:])
+    elif kind is not Kind.KILL:
+        raise MessageError(f"a {kind.name} message must carry a header")
+    return Message(kind, flags, result)
+
+
+def join(parts: Sequence[Frame]) -> bytes:
+    """Concatenate the parts of a message, for transports that take one buffer."""
+    return b"".join(parts)
+
+
+def _unpack_prefix(data: Frame) -> tuple[bytes, int, int, int, int, int, int, int]:
+    if memoryview(data).nbytes < _PREFIX.size:
+        raise MessageError(f"message truncated: {memoryview(data).nbytes} bytes, prefix needs 14")
+    fields = _PREFIX.unpack_from(data, 0)
+    if fields[0] != MAGIC:
+        raise MessageError(f"not a steersman message (starts with {bytes(fields[0])!r})")
+    if fields[1] != VERSION:
+        raise MessageError(f"message version {fields[1]} is not supported (this is {VERSION})")
+    return fields  # type: ignore[no-any-return]
+
+
+def _parse_header(header: memoryview) -> Result:
+    try:
+        return Result.model_validate_json(header.tobytes())
+    except (ValidationError, ValueError) as exc:
+        raise MessageError(f"message header is not a valid Result: {exc}") from None
+
+
+def _digest(key: bytes, parts: Sequence[Frame]) -> bytes:
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in parts:
+        mac.update(part)
+    return mac.digest()
+
+
+def _verify(view: memoryview, key: bytes, flags: Flags) -> memoryview:
+    if not flags & Flags.SIGNED or len(view) < _PREFIX.size + _DIGEST_SIZE:
+        raise MessageError("message is not signed, and this queue requires signed messages")
+    body, signature = view[:-_DIGEST_SIZE], view[-_DIGEST_SIZE:]
+    if not hmac.compare_digest(_digest(key, [body]), signature):
+        raise MessageError("message signature does not match: rejected without decoding")
+    return body

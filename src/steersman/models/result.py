@@ -1,0 +1,272 @@
+"""The Result: one task's request, its outcome, and the record of where its time went."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import traceback
+import uuid
+from collections.abc import Sequence
+from enum import Enum
+from time import perf_counter, time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from steersman.models.serialization import (
+    Frame,
+    SerializationMethod,
+    deserialize,
+    deserialize_inputs,
+    serialize,
+    serialize_inputs,
+)
+
+Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+_HOSTNAME = socket.gethostname()
+
+
+class ResourceRequirements(BaseModel):
+    """The resources one task asks for; executable tasks render their MPI launch from them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_count: int = Field(1, ge=1, description="Number of nodes")
+    cpu_processes: int = Field(1, ge=1, description="Processes (MPI ranks) per node")
+    cpu_threads: int = Field(1, ge=1, description="Threads per process")
+
+    @property
+    def total_ranks(self) -> int:
+        """Ranks over all nodes."""
+        return self.node_count * self.cpu_processes
+
+
+class FailureInformation(BaseModel):
+    """Why a task failed: the exception's repr and the formatted traceback."""
+
+    exception: str
+    traceback: str | None = None
+    timed_out: bool = False
+    worker_lost: bool = False
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, **flags: bool) -> FailureInformation:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(exception=repr(exc), traceback=text, **flags)
+
+
+class WorkerInformation(BaseModel):
+    """Where a task ran."""
+
+    hostname: str | None = None
+    pid: int | None = None
+    executor: str | None = None
+
+
+class Timestamps(BaseModel):
+    """Wall-clock times (seconds since the epoch) of each step of a task's life."""
+
+    created: float = Field(default_factory=time)
+    input_received: float | None = None
+    compute_started: float | None = None
+    compute_ended: float | None = None
+    result_sent: float | None = None
+    result_received: float | None = None
+
+
+class TimeSpans(BaseModel):
+    """Durations (seconds) of the steps that cost time on each side."""
+
+    serialize_inputs: float | None = None
+    deserialize_inputs: float | None = None
+    serialize_results: float | None = None
+    deserialize_results: float | None = None
+    running: float | None = None
+    proxy_resolve: float | None = None
+    additional: dict[str, float] = Field(default_factory=dict)
+
+
+class Result(BaseModel):
+    """A task request and, once it ran, its outcome.
+
+    The thinker creates one per `send_inputs`; the worker fills in the value or the failure; the
+    thinker receives it back from `get_result`. `result.json()` writes one line of the trace.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=False)
+
+    task_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    method: str | None = None
+    topic: str = "default"
+    inputs: Inputs = Field(default=((), {}), exclude=True)
+    value: Any = Field(default=None, exclude=True)
+    success: bool | None = None
+    complete: bool | None = None
+    keep_inputs: bool = True
+    task_info: dict[str, Any] = Field(default_factory=dict)
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    serialization_method: SerializationMethod = SerializationMethod.PICKLE
+    failure_info: FailureInformation | None = None
+    worker_info: WorkerInformation | None = None
+    max_retries: int = Field(0, ge=0)
+    retries: int = Field(0, ge=0)
+    timeout: float | None = None
+    priority: int = 0
+    executor: str | None = None
+    message_sizes: dict[str, int] = Field(default_factory=dict)
+    timestamp: Timestamps = Field(default_factory=Timestamps)
+    time: TimeSpans = Field(default_factory=TimeSpans)
+
+    _input_frames: list[Frame] | None = PrivateAttr(default=None)
+    _value_frames: list[Frame] | None = PrivateAttr(default=None)
+
+    # --- convenient views -------------------------------------------------------------------
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """Positional arguments of the task."""
+        return self.inputs[0]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the task."""
+        return self.inputs[1]
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the task failed because it exceeded its timeout."""
+        return self.failure_info is not None and self.failure_info.timed_out
+
+    # --- outcome ------------------------------------------------------------------------------
+
+    def set_result(self, value: Any, runtime: float | None = None) -> None:
+        """Record a successful outcome."""
+        self.value = value
+        self.success = True
+        self.complete = True
+        self.failure_info = None
+        if runtime is not None:
+            self.time.running = runtime
+
+    def set_failure(self, exc: BaseException, **flags: bool) -> None:
+        """Record a failed outcome with the exception and its traceback."""
+        self.value = None
+        self._value_frames = None
+        self.success = False
+        self.complete = True
+        self.failure_info = FailureInformation.from_exception(exc, **flags)
+
+    def mark_worker(self, executor: str | None = None) -> None:
+        """Record where the task runs."""
+        self.worker_info = WorkerInformation(hostname=_HOSTNAME, pid=os.getpid(), executor=executor)
+
+    # --- payload encoding ---------------------------------------------------------------------
+
+    def encode_inputs(self) -> list[Frame]:
+        """Serialize the inputs into frames (kept for sending), timing it."""
+        if self._input_frames is None:
+            start = _clock()
+            self._input_frames = serialize_inputs(*self.inputs, self.serialization_method)
+            self.time.serialize_inputs = _clock() - start
+            self.message_sizes["inputs"] = _nbytes(self._input_frames)
+        return self._input_frames
+
+    def encode_value(self) -> list[Frame]:
+        """Serialize the value into frames, timing it."""
+        if self._value_frames is None:
+            start = _clock()
+            self._value_frames = serialize(self.value, self.serialization_method)
+            self.time.serialize_results = _clock() - start
+            self.message_sizes["value"] = _nbytes(self._value_frames)
+        return self._value_frames
+
+    def decode_inputs(self) -> Inputs:
+        """Restore the inputs from received frames, timing it."""
+        if self._input_frames is not None:
+            start = _clock()
+            self.inputs = deserialize_inputs(self._input_frames, self.serialization_method)
+            self.time.deserialize_inputs = _clock() - start
+        return self.inputs
+
+    def decode_value(self) -> Any:
+        """Restore the value from received frames, timing it."""
+        if self._value_frames is not None:
+            start = _clock()
+            self.value = deserialize(self._value_frames, self.serialization_method)
+            self.time.deserialize_results = _clock() - start
+        return self.value
+
+    def attach_frames(self, inputs: Sequence[Frame] | None, value: Sequence[Frame] | None) -> None:
+        """Hold received payload frames until they are decoded."""
+        self._input_frames = list(inputs) if inputs else None
+        self._value_frames = list(value) if value else None
+
+    @property
+    def input_frames(self) -> list[Frame] | None:
+        return self._input_frames
+
+    @property
+    def value_frames(self) -> list[Frame] | None:
+        return self._value_frames
+
+    def drop_inputs(self) -> None:
+        """Forget the inputs, for results sent back with `keep_inputs=False`."""
+        self.inputs = ((), {})
+        self._input_frames = None
+
+    # --- trace format -------------------------------------------------------------------------
+
+    def json(  # type: ignore[override]
+        self, exclude: set[str] | dict[str, Any] | None = None, **kwargs: Any
+    ) -> str:
+        """One line of strict JSON (no NaN); values JSON cannot hold are written as their repr."""
+        data = self.model_dump(exclude=exclude, **kwargs)
+        excluded = set(exclude) if exclude is not None else set()
+        if "inputs" not in excluded:
+            data["inputs"] = [list(self.inputs[0]), self.inputs[1]]
+        if "value" not in excluded:
+            data["value"] = self.value
+        return json.dumps(_jsonable(data), allow_nan=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> Result:
+        """Read a line written by :meth:`json` (inputs and value as JSON saw them)."""
+        data = json.loads(line)
+        inputs = data.pop("inputs", None)
+        value = data.pop("value", None)
+        result = cls.model_validate(data)
+        if inputs is not None:
+            result.inputs = (tuple(inputs[0]), dict(inputs[1]))
+        result.value = value
+        return result
+
+
+_clock = perf_counter
+
+
+def _nbytes(frames: Sequence[Frame]) -> int:
+    return sum(memoryview(f).nbytes for f in frames)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Make `obj` strict-JSON safe: non-finite floats become null, unknown objects their repr."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Enum):
+        return _jsonable(obj.value)
+    item = getattr(obj, "item", None)  # NumPy scalars
+    if callable(item) and getattr(obj, "ndim", None) == 0:
+        return _jsonable(item())
+    tolist = getattr(obj, "tolist", None)  # small NumPy arrays
+    if callable(tolist) and getattr(obj, "size", math.inf) <= 10_000:
+        return _jsonable(tolist())
+    return repr(obj)
+

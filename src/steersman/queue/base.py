@@ -1,0 +1,422 @@
+"""The queues between a thinker and a task server, independent of the transport.
+
+A backend fills four methods that move whole messages (lists of buffers) in each direction;
+everything else — encoding, topics, outstanding-task accounting, waking waiters without
+polling — lives here once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from time import monotonic, time
+from typing import Any, Protocol
+
+from steersman.exceptions import MessageError, QueueConnectionError
+from steersman.models.messages import Kind, Message, decode, encode
+from steersman.models.result import ResourceRequirements, Result
+from steersman.models.serialization import Frame, SerializationMethod
+
+logger = logging.getLogger(__name__)
+
+Buffer = bytes | bytearray | memoryview
+
+
+class QueueObserver(Protocol):
+    """Told of every request sent and every result received (journals, progress displays)."""
+
+    def request_sent(self, result: Result) -> None: ...
+
+    def result_received(self, result: Result) -> None: ...
+
+
+class BaseQueues(ABC):
+    """Send task requests, receive results by topic; the server side gets tasks and sends results.
+
+    Args:
+        topics: Names used to separate kinds of results; ``'default'`` is always present.
+        serialization_method: ``'pickle'`` (default) or ``'json'``.
+        keep_inputs: Whether results come back with their inputs unless a request says otherwise.
+        methods: Method names the server offers, to reject unknown names at ``send_inputs``.
+            Task servers register their methods here when built in the same process.
+        key: Secret for signing messages (HMAC-SHA256); when set, unsigned or badly signed
+            messages are rejected before decoding.
+    """
+
+    def __init__(
+        self,
+        topics: Iterable[str] = (),
+        serialization_method: str | SerializationMethod = SerializationMethod.PICKLE,
+        keep_inputs: bool = True,
+        methods: Iterable[str] | None = None,
+        key: bytes | str | None = None,
+    ):
+        topics = list(topics) if not isinstance(topics, str) else [topics]
+        for topic in topics:
+            if not isinstance(topic, str) or not topic:
+                raise ValueError(f"topics must be non-empty strings, got {topic!r}")
+        self.topics: list[str] = list(dict.fromkeys(["default", *topics]))
+        self.serialization_method = SerializationMethod.parse(serialization_method)
+        self.keep_inputs = keep_inputs
+        self._methods: frozenset[str] | None = frozenset(methods) if methods is not None else None
+        self._key: bytes | None = key.encode() if isinstance(key, str) else key
+        self._observers: list[QueueObserver] = []
+        self._kill_sent = False
+        self._init_local()
+
+    # --- per-process state --------------------------------------------------------------------
+
+    def _init_local(self) -> None:
+        """Create what cannot cross a process boundary: locks, waiters, the receiver thread."""
+        self._lock = threading.Lock()
+        self._arrived = {topic: threading.Condition(self._lock) for topic in self.topics}
+        self._idle = threading.Condition(self._lock)
+        self._results: dict[str, deque[Result]] = {topic: deque() for topic in self.topics}
+        self._active: dict[str, int] = dict.fromkeys(self.topics, 0)
+        self._active_total = 0
+        self._broken: BaseException | None = None
+        self._receiver: threading.Thread | None = None
+        self._closing = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_observers", "_lock", "_arrived", "_idle", "_results", "_active", "_active_total",
+                     "_broken", "_receiver", "_closing"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._observers = []
+        self._init_local()
+
+    def after_fork(self) -> None:
+        """Reset per-process state in a child created by fork (locks may have been held)."""
+        self._init_local()
+
+    def on_server_started(self) -> None:
+        """In the thinker's process, right after the task server process started."""
+
+    def on_server_process(self) -> None:
+        """In the task server's process, before it serves."""
+        self.after_fork()
+
+    def on_worker_process(self) -> None:
+        """In a worker process forked from the task server: release inherited handles."""
+
+    # --- transport contract -------------------------------------------------------------------
+
+    @abstractmethod
+    def _send_request(self, parts: Sequence[Frame]) -> None:
+        """Deliver one request message to the task server."""
+
+    @abstractmethod
+    def _recv_request(self, timeout: float | None) -> Buffer | None:
+        """Next request message for the server, or None after `timeout` seconds."""
+
+    @abstractmethod
+    def _send_result(self, topic: str, parts: Sequence[Frame]) -> None:
+        """Deliver one result message to the thinker, on `topic`."""
+
+    @abstractmethod
+    def _recv_result(self, timeout: float | None) -> Buffer | None:
+        """Next result message of any topic for the thinker, or None after `timeout` or on wake."""
+
+    def _wake_receiver(self) -> None:
+        """Interrupt a blocked :meth:`_recv_result` so the receiver thread can exit."""
+
+    def _published_methods(self) -> frozenset[str] | None:
+        """Method names a task server published through the backend, if any."""
+        return None
+
+    def _publish_methods(self, names: frozenset[str]) -> None:
+        """Make the server's method names visible to clients in other processes."""
+
+    # --- client side --------------------------------------------------------------------------
+
+    def send_inputs(
+        self,
+        *input_args: Any,
+        method: str,
+        input_kwargs: dict[str, Any] | None = None,
+        keep_inputs: bool | None = None,
+        resources: ResourceRequirements | dict[str, int] | None = None,
+        topic: str = "default",
+        task_info: dict[str, Any] | None = None,
+        max_retries: int = 0,
+        timeout: float | None = None,
+        priority: int = 0,
+        executor: str | None = None,
+    ) -> str:
+        """Ask the task server to run `method` on the inputs; returns the task id.
+
+        Args:
+            input_args: Positional arguments of the method.
+            method: Name of the method to run.
+            input_kwargs: Keyword arguments of the method.
+            keep_inputs: Whether the result carries the inputs back (default: the queue's).
+            resources: Resources the task needs (nodes, ranks, threads).
+            topic: Topic the result is delivered on.
+            task_info: Free-form data copied into the result, for the thinker's bookkeeping.
+            max_retries: How many times a failed task is run again.
+            timeout: Seconds after which the task fails as timed out.
+            priority: Higher runs first among waiting requests.
+            executor: Name of the executor to run this task on (engines with several).
+        """
+        self._check_topic(topic)
+        self._check_method(method)
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if isinstance(resources, dict):
+            resources = ResourceRequirements(**resources)
+        result = Result(
+            method=method,
+            topic=topic,
+            inputs=(input_args, dict(input_kwargs or {})),
+            keep_inputs=self.keep_inputs if keep_inputs is None else keep_inputs,
+            serialization_method=self.serialization_method,
+            task_info=dict(task_info or {}),
+            resources=resources or ResourceRequirements(),
+            max_retries=max_retries,
+            timeout=timeout,
+            priority=priority,
+            executor=executor,
+        )
+        self.prepare_request(result)
+        parts = encode(Kind.REQUEST, result, key=self._key)
+        self._ensure_receiver()
+        with self._lock:
+            self._raise_if_broken()
+            self._active[topic] += 1
+            self._active_total += 1
+        try:
+            for observer in self._observers:  # recorded before it leaves: at-least-once
+                observer.request_sent(result)
+            self._send_request(parts)
+        except BaseException:
+            self._finish_task(topic)
+            raise
+        logger.debug("sent task %s (%s) on topic %s", result.task_id, method, topic)
+        return result.task_id
+
+    def prepare_request(self, result: Result) -> None:
+        """Serialize the inputs; a hook for backends that move large values by reference."""
+        result.encode_inputs()
+
+    def get_result(self, topic: str = "default", timeout: float | None = None) -> Result | None:
+        """Next result on `topic`, or None if none arrives within `timeout` seconds."""
+        return self.wait_result(topic, timeout)
+
+    def wait_result(
+        self, topic: str = "default", timeout: float | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Result | None:
+        """Like :meth:`get_result`, and also return None as soon as `stop()` turns true.
+
+        `stop` is checked whenever :meth:`wake` is called, so callers set their own flags and
+        call `wake()` instead of polling.
+        """
+        self._check_topic(topic)
+        self._ensure_receiver()
+        deadline = None if timeout is None else monotonic() + timeout
+        arrived, waiting = self._arrived[topic], self._results[topic]
+        with self._lock:
+            while not waiting:
+                self._raise_if_broken()
+                if stop is not None and stop():
+                    return None
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                arrived.wait(remaining)
+            result = waiting.popleft()
+        self.complete_result(result)
+        for observer in self._observers:
+            observer.result_received(result)
+        if result.complete is not False:
+            self._finish_task(topic)
+        return result
+
+    def complete_result(self, result: Result) -> None:
+        """Decode the value (and inputs) of a received result; a hook for proxy resolution."""
+        result.decode_value()
+        if result.input_frames:
+            result.decode_inputs()
+        result.timestamp.result_received = time()
+
+    def add_observer(self, observer: QueueObserver) -> None:
+        """Tell `observer` of every request sent and result received (in the caller's thread)."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: QueueObserver) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def wake(self) -> None:
+        """Wake every waiter so it re-checks its `stop` condition."""
+        with self._lock:
+            for condition in self._arrived.values():
+                condition.notify_all()
+            self._idle.notify_all()
+
+    def send_kill_signal(self) -> None:
+        """Tell the task server to finish running tasks and stop."""
+        self._kill_sent = True
+        self._send_request(encode(Kind.KILL, key=self._key))
+
+    def wait_until_done(self, timeout: float | None = None) -> bool:
+        """Wait until every task sent has come back; False if `timeout` passed first."""
+        deadline = None if timeout is None else monotonic() + timeout
+        with self._lock:
+            while self._active_total > 0:
+                self._raise_if_broken()
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    @property
+    def active_count(self) -> int:
+        """Tasks sent whose final result has not yet been taken by `get_result`."""
+        return self._active_total
+
+    def active_in(self, topic: str) -> int:
+        """Outstanding tasks on one topic."""
+        return self._active[topic]
+
+    def _finish_task(self, topic: str) -> None:
+        with self._lock:
+            self._active[topic] -= 1
+            self._active_total -= 1
+            if self._active[topic] == 0:  # processors of this topic may now be drained
+                self._arrived[topic].notify_all()
+            if self._active_total == 0:
+                self._idle.notify_all()
+
+    # --- receiving results in the background --------------------------------------------------
+
+    def _ensure_receiver(self) -> None:
+        if self._receiver is not None:
+            return
+        with self._lock:
+            if self._receiver is None:
+                self._receiver = threading.Thread(
+                    target=self._receive_loop, name="steersman-result-receiver", daemon=True
+                )
+                self._receiver.start()
+
+    def _receive_loop(self) -> None:
+        while not self._closing:
+            try:
+                data = self._recv_result(None)
+            except QueueConnectionError as exc:
+                self._break(exc)
+                return
+            except Exception as exc:  # a backend bug must not leave waiters hanging
+                logger.exception("result receiver failed")
+                self._break(QueueConnectionError(f"result receiver failed: {exc!r}"))
+                return
+            if data is not None:
+                self._deliver(data)
+
+    def _deliver(self, data: Buffer) -> None:
+        try:
+            message = decode(data, key=self._key)
+        except MessageError as exc:
+            logger.error("dropped an undecodable result message: %s", exc)
+            return
+        result = message.result
+        if message.kind is not Kind.RESULT or result is None:
+            logger.error("dropped a %s message on the result channel", message.kind.name)
+            return
+        topic = result.topic if result.topic in self._results else "default"
+        with self._lock:
+            self._results[topic].append(result)
+            self._arrived[topic].notify()
+
+    def _break(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._broken is None and not self._closing:
+                self._broken = exc
+                expected = self._kill_sent and self._active_total == 0
+                logger.log(logging.DEBUG if expected else logging.ERROR, "queues closed: %s", exc)
+        self.wake()
+
+    def _raise_if_broken(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+
+    # --- server side --------------------------------------------------------------------------
+
+    def get_task(self, timeout: float | None = None) -> Message | None:
+        """Next request (or kill signal) for the task server; None after `timeout`.
+
+        Messages that cannot be decoded are logged and skipped, never raised into the server.
+        """
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - monotonic())
+            data = self._recv_request(remaining)
+            if data is None:
+                return None
+            try:
+                message = decode(data, key=self._key)
+            except MessageError as exc:
+                logger.error("rejected a request message: %s", exc)
+                continue
+            if message.result is not None:
+                message.result.timestamp.input_received = time()
+            return message
+
+    def send_result(self, result: Result) -> None:
+        """Send a finished (or intermediate) result back to the thinker."""
+        self._send_result(result.topic, self.encode_result(result))
+
+    def encode_result(self, result: Result) -> list[Frame]:
+        """Encode a result message, stamping when it was sent."""
+        result.timestamp.result_sent = time()
+        return encode(Kind.RESULT, result, key=self._key, with_inputs=result.keep_inputs)
+
+    def send_encoded_result(self, topic: str, parts: Sequence[Frame]) -> None:
+        """Forward a result message that a worker already encoded."""
+        self._send_result(topic, parts)
+
+    def request_done(self, task_id: str) -> None:
+        """Called by the server once a task's final result is sent; backends that redeliver
+        unfinished requests (after a server crash) forget this one here."""
+
+    def set_methods(self, names: Iterable[str]) -> None:
+        """Record the methods a server offers, so unknown names fail at ``send_inputs``."""
+        self._methods = frozenset(names)
+        self._publish_methods(self._methods)
+
+    @property
+    def signing_key(self) -> bytes | None:
+        """The key messages are signed with, for workers that encode results themselves."""
+        return self._key
+
+    # --- validation and life cycle ------------------------------------------------------------
+
+    def _check_topic(self, topic: str) -> None:
+        if topic not in self._arrived:
+            raise ValueError(f"unknown topic {topic!r}; valid topics: {sorted(self.topics)}")
+
+    def _check_method(self, method: str) -> None:
+        if not isinstance(method, str) or not method:
+            raise ValueError(f"method must be a method name, got {method!r}")
+        known = self._methods if self._methods is not None else self._published_methods()
+        if known is not None and method not in known:
+            raise ValueError(f"unknown method {method!r}; valid methods: {sorted(known)}")
+
+    def close(self) -> None:
+        """Stop the background receiver; the queues cannot be used afterwards."""
+        self._closing = True
+        self._wake_receiver()
+        if self._receiver is not None and self._receiver is not threading.current_thread():
+            self._receiver.join(timeout=5)

@@ -1,0 +1,216 @@
+"""The embedded backend: OS pipes between the thinker's process and the task server's.
+
+No service to start. Each direction is one pipe carrying length-prefixed messages written with
+vectored writes (payload frames are never joined). A background receiver on each side always
+drains its pipe, so a large message can never deadlock the two processes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import multiprocessing
+import os
+import select
+import struct
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from steersman.exceptions import QueueConnectionError, TaskServerDied
+from steersman.models.serialization import Frame, SerializationMethod
+from steersman.queue.base import BaseQueues, Buffer
+
+_LENGTH = struct.Struct("<Q")
+_F_SETPIPE_SZ = 1031
+_PIPE_BYTES = 1 << 20
+
+
+class PipeChannel:
+    """One direction of a pipe: whole messages in, whole messages out."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = multiprocessing.Pipe(duplex=False)
+        try:  # a larger pipe buffer means fewer system calls for big messages
+            fcntl.fcntl(self._writer.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
+        except OSError:
+            pass
+        self._init_local()
+
+    def _init_local(self) -> None:
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_reader": self._reader, "_writer": self._writer}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_local()
+
+    def write(self, parts: Sequence[Frame]) -> None:
+        """Write one message; raises BrokenPipeError if no reader is left."""
+        views = [memoryview(p).cast("B") for p in parts]
+        views.insert(0, memoryview(_LENGTH.pack(sum(v.nbytes for v in views))))
+        with self._write_lock:
+            _write_all(self._writer.fileno(), views)
+
+    def read(self, timeout: float | None, wake_fd: int | None = None) -> bytearray | None:
+        """Read one message; None after `timeout` or when `wake_fd` becomes readable.
+
+        Raises EOFError when every writer has closed its end.
+        """
+        with self._read_lock:
+            fd = self._reader.fileno()
+            if not _wait_readable(fd, timeout, wake_fd):
+                return None
+            (size,) = _LENGTH.unpack(_read_exact(fd, _LENGTH.size))
+            return _read_exact(fd, size)
+
+    def close_reader(self) -> None:
+        self._reader.close()
+
+    def close_writer(self) -> None:
+        self._writer.close()
+
+
+class PipeQueues(BaseQueues):
+    """Queues over OS pipes between the thinker and one task server process (the default).
+
+    Args:
+        topics: Names used to separate kinds of results; ``'default'`` is always present.
+        serialization_method: ``'pickle'`` (default) or ``'json'``.
+        keep_inputs: Whether results come back with their inputs by default.
+        methods: Method names the server offers (task servers fill this in themselves).
+        key: Optional secret to sign every message.
+    """
+
+    def __init__(
+        self,
+        topics: Iterable[str] = (),
+        serialization_method: str | SerializationMethod = SerializationMethod.PICKLE,
+        keep_inputs: bool = True,
+        methods: Iterable[str] | None = None,
+        key: bytes | str | None = None,
+    ):
+        self._requests = PipeChannel()
+        self._outcomes = PipeChannel()
+        super().__init__(topics, serialization_method, keep_inputs, methods, key)
+
+    def _init_local(self) -> None:
+        super()._init_local()
+        self._wake: tuple[int, int] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_wake", None)
+        return state
+
+    # --- transport ----------------------------------------------------------------------------
+
+    def _send_request(self, parts: Sequence[Frame]) -> None:
+        try:
+            self._requests.write(parts)
+        except (BrokenPipeError, OSError) as exc:
+            raise TaskServerDied(f"the task server is gone: cannot send requests ({exc})") from None
+
+    def _recv_request(self, timeout: float | None) -> Buffer | None:
+        try:
+            return self._requests.read(timeout)
+        except (EOFError, OSError) as exc:
+            raise QueueConnectionError(f"the thinker closed the request pipe ({exc!r})") from None
+
+    def _send_result(self, topic: str, parts: Sequence[Frame]) -> None:
+        try:
+            self._outcomes.write(parts)
+        except (BrokenPipeError, OSError) as exc:
+            raise QueueConnectionError(f"the thinker is gone: cannot send results ({exc})") from None
+
+    def _recv_result(self, timeout: float | None) -> Buffer | None:
+        try:
+            return self._outcomes.read(timeout, self._wake_fds()[0])
+        except (EOFError, OSError):
+            raise TaskServerDied(
+                f"the task server exited with {self.active_count} task(s) outstanding"
+            ) from None
+
+    def _wake_fds(self) -> tuple[int, int]:
+        if self._wake is None:
+            self._wake = os.pipe()
+        return self._wake
+
+    def _wake_receiver(self) -> None:
+        os.write(self._wake_fds()[1], b"x")
+
+    # --- which process holds which end --------------------------------------------------------
+
+    def on_server_started(self) -> None:
+        self.detach_server_ends()
+
+    def on_server_process(self) -> None:
+        super().on_server_process()
+        self.detach_client_ends()
+
+    def on_worker_process(self) -> None:
+        self.close_inherited()
+
+    def detach_server_ends(self) -> None:
+        """In the thinker's process, once the server process started: drop the server's ends.
+
+        Afterwards the thinker sees end-of-file, not a hang, if the server process dies.
+        """
+        self._requests.close_reader()
+        self._outcomes.close_writer()
+
+    def detach_client_ends(self) -> None:
+        """In the server's process: drop the thinker's ends, so its death is seen too."""
+        self._requests.close_writer()
+        self._outcomes.close_reader()
+
+    def close_inherited(self) -> None:
+        """In a worker forked from the server: hold no end at all."""
+        for channel in (self._requests, self._outcomes):
+            for close in (channel.close_reader, channel.close_writer):
+                try:
+                    close()
+                except OSError:
+                    pass
+
+
+def _write_all(fd: int, views: list[memoryview]) -> None:
+    while views:
+        written = os.writev(fd, views[:512])
+        while written:
+            if written >= views[0].nbytes:
+                written -= views.pop(0).nbytes
+            else:
+                views[0] = views[0][written:]
+                written = 0
+        while views and views[0].nbytes == 0:
+            views.pop(0)
+
+
+def _read_exact(fd: int, size: int) -> bytearray:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        count = os.readv(fd, [view[got:]])
+        if count == 0:
+            raise EOFError(f"pipe closed after {got} of {size} bytes")
+        got += count
+    return buffer
+
+
+def _wait_readable(fd: int, timeout: float | None, wake_fd: int | None) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    if wake_fd is not None:
+        poller.register(wake_fd, select.POLLIN)
+    events = poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+    for ready, _ in events:
+        if ready == wake_fd:
+            os.read(wake_fd, 4096)
+        elif ready == fd:
+            return True
+    return False

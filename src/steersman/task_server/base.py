@@ -1,0 +1,174 @@
+"""The task server: one loop that receives requests, hands them to an engine, returns results.
+
+It runs in its own process (`start()` / `join()` / `exitcode`), or in the calling thread with
+`serve()`. Unknown methods and failed engines come back as failed Results; failed tasks are
+retried up to their `max_retries`; the kill signal stops the loop once running tasks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from steersman.exceptions import QueueConnectionError, WorkerLost
+from steersman.models.messages import Flags, Kind, encode, peek
+from steersman.models.methods import TaskMethod, as_method
+from steersman.models.result import Result
+from steersman.queue.base import BaseQueues
+from steersman.task_server.engine import Engine, Parts, WorkerContext
+
+logger = logging.getLogger(__name__)
+
+# Fork keeps functions defined in notebooks and scripts usable as methods; spawn elsewhere.
+_CONTEXT = multiprocessing.get_context(
+    "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+)
+
+
+class TaskServer(_CONTEXT.Process):  # type: ignore[name-defined,misc]
+    """Serve the methods over the queues, running tasks on `engine`.
+
+    Args:
+        queues: Server side of the queues.
+        methods: Functions or :class:`TaskMethod` objects; names must be unique.
+        engine: Where tasks run.
+    """
+
+    def __init__(self, queues: BaseQueues,
+                 methods: Iterable[TaskMethod | Callable[..., Any]], engine: Engine):
+        super().__init__(name=type(self).__name__, daemon=False)
+        self.queues = queues
+        self.methods = _by_name(methods)
+        self.engine = engine
+        queues.set_methods(self.methods)
+
+    # --- process life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start serving in a new process."""
+        super().start()
+        self.queues.on_server_started()
+
+    def run(self) -> None:
+        """Entry point of the server process."""
+        self.queues.on_server_process()
+        self.serve()
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve until the kill signal (or the thinker's disappearance), then clean up."""
+        self._outstanding: dict[str, Future[list[Parts]]] = {}
+        self._idle = threading.Condition()
+        self.engine.start(WorkerContext(
+            methods=self.methods, key=self.queues.signing_key,
+            emit=self._forward_intermediate, in_forked_child=self.queues.on_worker_process,
+        ))
+        logger.info("task server ready with methods %s", sorted(self.methods))
+        try:
+            self._receive_until_killed()
+            with self._idle:
+                self._idle.wait_for(lambda: not self._outstanding)
+        finally:
+            self.engine.shutdown()
+        logger.info("task server stopped")
+
+    def _receive_until_killed(self) -> None:
+        while True:
+            try:
+                message = self.queues.get_task()
+            except QueueConnectionError as exc:
+                logger.warning("stopping: %s", exc)
+                return
+            if message is None:
+                continue
+            if message.kind is Kind.KILL:
+                logger.info("kill signal received; finishing %d running task(s)",
+                            len(self._outstanding))
+                return
+            if message.result is not None:
+                self._dispatch(message.result)
+
+    def _dispatch(self, request: Result) -> None:
+        problem = self._check_request(request)
+        if problem is not None:
+            request.set_failure(problem)
+            self._send_final(request, self.queues.encode_result(request))
+            return
+        parts = encode(Kind.REQUEST, request, key=self.queues.signing_key)
+        with self._idle:
+            future = self.engine.submit(request, parts)
+            self._outstanding[request.task_id] = future
+        future.add_done_callback(lambda done: self._on_done(request, done))
+
+    def _check_request(self, request: Result) -> Exception | None:
+        if request.method not in self.methods:
+            return ValueError(f"unknown method {request.method!r}; "
+                              f"this server offers {sorted(self.methods)}")
+        if request.executor is not None and request.executor not in self.engine.executors:
+            return ValueError(f"unknown executor {request.executor!r}; "
+                              f"this server has {list(self.engine.executors)}")
+        return None
+
+    def _on_done(self, request: Result, future: Future[list[Parts]]) -> None:
+        try:
+            messages = self._messages_of(request, future)
+            *intermediate, final = messages
+            for parts in intermediate:
+                self._forward_intermediate(request.topic, parts)
+            _, flags = peek(final[0])
+            if flags & Flags.FAILED and request.retries < request.max_retries:
+                request.retries += 1
+                logger.info("retrying task %s (attempt %d of %d)", request.task_id,
+                            request.retries + 1, request.max_retries + 1)
+                with self._idle:
+                    self._outstanding.pop(request.task_id, None)
+                self._dispatch(request)
+                return
+            self._send_final(request, final)
+        except Exception:
+            logger.exception("could not return the result of task %s", request.task_id)
+            self._untrack(request)
+
+    def _messages_of(self, request: Result, future: Future[list[Parts]]) -> list[Parts]:
+        try:
+            messages = future.result()
+            if not messages:
+                raise RuntimeError("the engine returned no result message")
+            return messages
+        except Exception as exc:
+            request.set_failure(exc, worker_lost=isinstance(exc, WorkerLost))
+            return [self.queues.encode_result(request)]
+
+    def _send_final(self, request: Result, parts: Parts) -> None:
+        try:
+            self.queues.send_encoded_result(request.topic, parts)
+            self.queues.request_done(request.task_id)
+        finally:
+            self._untrack(request)
+
+    def _untrack(self, request: Result) -> None:
+        with self._idle:
+            self._outstanding.pop(request.task_id, None)
+            if not self._outstanding:
+                self._idle.notify_all()
+
+    def _forward_intermediate(self, topic: str, parts: Parts) -> None:
+        self.queues.send_encoded_result(topic, parts)
+
+
+def _by_name(methods: Iterable[TaskMethod | Callable[..., Any]]) -> dict[str, TaskMethod]:
+    table: dict[str, TaskMethod] = {}
+    for method in map(as_method, methods):
+        if method.name in table:
+            raise ValueError(f"two methods are named {method.name!r}; give one a name= to tell "
+                             "them apart")
+        table[method.name] = method
+    if not table:
+        raise ValueError("a task server needs at least one method")
+    return table
+

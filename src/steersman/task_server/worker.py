@@ -1,0 +1,56 @@
+"""What a worker does with one request, the same on every engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from time import time
+
+from steersman.models.messages import Kind, decode, encode, join
+from steersman.models.methods import TaskMethod
+from steersman.models.result import Result
+from steersman.models.serialization import Frame
+from steersman.task_server.engine import Parts
+
+
+def execute_request(
+    methods: Mapping[str, TaskMethod],
+    request: Frame,
+    key: bytes | None = None,
+    emit: Callable[[str, Parts], None] | None = None,
+    executor: str | None = None,
+) -> list[Parts]:
+    """Decode a request, run its method and return the encoded result messages.
+
+    Intermediate results of generator methods go to `emit` when given (streaming); otherwise
+    they are returned before the final result.
+    """
+    result = decode(request, key=key).result
+    assert result is not None and result.method is not None
+    result.mark_worker(executor)
+    held: list[Parts] = []
+
+    def send_partial(partial: Result) -> None:
+        parts = encode(Kind.RESULT, partial, key=key, with_inputs=False)
+        if emit is not None:
+            emit(partial.topic, parts)
+        else:
+            held.append(parts)
+
+    methods[result.method](result, send_partial)
+    return [*held, encode_final(result, key)]
+
+
+def encode_final(result: Result, key: bytes | None) -> Parts:
+    """Encode a finished result; a value that cannot be serialized becomes a failure."""
+    result.timestamp.result_sent = time()
+    try:
+        return encode(Kind.RESULT, result, key=key, with_inputs=result.keep_inputs)
+    except Exception as exc:
+        result.set_failure(TypeError(f"the task's value could not be serialized: {exc!r}"))
+        return encode(Kind.RESULT, result, key=key, with_inputs=result.keep_inputs)
+
+
+def execute_joined(methods: Mapping[str, TaskMethod], request: bytes,
+                   key: bytes | None = None, executor: str | None = None) -> list[bytes]:
+    """:func:`execute_request` for engines that pickle results across processes: one buffer each."""
+    return [join(parts) for parts in execute_request(methods, request, key, None, executor)]
