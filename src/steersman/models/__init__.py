@@ -11,8 +11,8 @@ from steersman.models.result import (
     FailureInformation,
     ResourceRequirements,
     Result,
-    Timestamps,
     TimeSpans,
+    Timestamps,
     WorkerInformation,
 )
 from steersman.models.serialization import SerializationMethod

@@ -67,15 +67,15 @@ def encode(
     inputs: list[Frame] = []
     value: list[Frame] = []
     if result is not None:
-        header = result.model_dump_json().encode()
         if with_inputs and result.input_frames:
             inputs = result.input_frames
         if kind is Kind.RESULT:
-            value = result.encode_value() if result.success else []
+            value = result.encode_value() if result.success else []  # sizes land in the header
             if not result.success:
                 flags |= Flags.FAILED
             if result.complete is False:
                 flags |= Flags.INTERMEDIATE
+        header = result.model_dump_json().encode()
     if key is not None:
         flags |= Flags.SIGNED
     frames = [*inputs, *value]
@@ -145,7 +145,7 @@ def _unpack_prefix(data: Frame) -> tuple[bytes, int, int, int, int, int, int, in
         raise MessageError(f"not a steersman message (starts with {bytes(fields[0])!r})")
     if fields[1] != VERSION:
         raise MessageError(f"message version {fields[1]} is not supported (this is {VERSION})")
-    return fields  # type: ignore[no-any-return]
+    return fields
 
 
 def _parse_header(header: memoryview) -> Result:

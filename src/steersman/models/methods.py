@@ -167,7 +167,8 @@ class ExecutableMethod(TaskMethod):
             process = subprocess.run(command, cwd=run_dir, input=stdin.encode() if stdin else None,
                                      stdout=out, stderr=err, env=os.environ.copy())
         if process.returncode != 0:
-            tail = (run_dir / "stderr.txt").read_bytes()[-self.STDERR_TAIL:].decode(errors="replace")
+            stderr = (run_dir / "stderr.txt").read_bytes()
+            tail = stderr[-self.STDERR_TAIL:].decode(errors="replace")
             raise ExecutableError(
                 f"{shlex.join(command)} exited with code {process.returncode}; stderr ends:\n{tail}"
             )

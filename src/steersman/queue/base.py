@@ -83,8 +83,8 @@ class BaseQueues(ABC):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_observers", "_lock", "_arrived", "_idle", "_results", "_active", "_active_total",
-                     "_broken", "_receiver", "_closing"):
+        for name in ("_observers", "_lock", "_arrived", "_idle", "_results", "_active",
+                     "_active_total", "_broken", "_receiver", "_closing"):
             state.pop(name, None)
         return state
 

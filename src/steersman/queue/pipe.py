@@ -7,6 +7,7 @@ drains its pipe, so a large message can never deadlock the two processes.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import math
 import multiprocessing
@@ -31,10 +32,8 @@ class PipeChannel:
 
     def __init__(self) -> None:
         self._reader, self._writer = multiprocessing.Pipe(duplex=False)
-        try:  # a larger pipe buffer means fewer system calls for big messages
+        with contextlib.suppress(OSError):  # a larger buffer: fewer system calls for big messages
             fcntl.fcntl(self._writer.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
-        except OSError:
-            pass
         self._init_local()
 
     def _init_local(self) -> None:
@@ -124,7 +123,7 @@ class PipeQueues(BaseQueues):
         try:
             self._outcomes.write(parts)
         except (BrokenPipeError, OSError) as exc:
-            raise QueueConnectionError(f"the thinker is gone: cannot send results ({exc})") from None
+            raise QueueConnectionError(f"the thinker is gone ({exc})") from None
 
     def _recv_result(self, timeout: float | None) -> Buffer | None:
         try:
@@ -171,10 +170,8 @@ class PipeQueues(BaseQueues):
         """In a worker forked from the server: hold no end at all."""
         for channel in (self._requests, self._outcomes):
             for close in (channel.close_reader, channel.close_writer):
-                try:
+                with contextlib.suppress(OSError):
                     close()
-                except OSError:
-                    pass
 
 
 def _write_all(fd: int, views: list[memoryview]) -> None:

@@ -67,7 +67,7 @@ class ResourceCounter:
     def snapshot(self) -> dict[Pool, tuple[int, int]]:
         """(allocated, idle) per pool, read atomically."""
         with self._lock:
-            return {pool: (self._allocated[pool], self._available[pool]) for pool in self._allocated}
+            return {pool: (count, self._available[pool]) for pool, count in self._allocated.items()}
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after every change of any pool (from the thread that changed it)."""
@@ -86,11 +86,10 @@ class ResourceCounter:
         _check_count(n_slots, "n_slots")
         if n_slots > self.total_slots:
             raise ValueError(f"cannot acquire {n_slots} slots: the counter has {self.total_slots}")
-        with self._watching(cancel_if):
-            with self._lock:
-                if not self._wait_turn(task, n_slots, timeout, cancel_if):
-                    return False
-                self._available[task] -= n_slots
+        with self._watching(cancel_if), self._lock:
+            if not self._wait_turn(task, n_slots, timeout, cancel_if):
+                return False
+            self._available[task] -= n_slots
         self._notify()
         return True
 

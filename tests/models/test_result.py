@@ -1,0 +1,163 @@
+"""Result, serialization and the wire format."""
+
+import contextlib
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from steersman.exceptions import MessageError
+from steersman.models import ResourceRequirements, Result, SerializationMethod
+from steersman.models.messages import Flags, Kind, decode, encode, join, peek
+from steersman.models.serialization import serialize, serialize_inputs
+
+
+def make_request(*args, **kwargs):
+    result = Result(method="f", inputs=(args, kwargs))
+    result.encode_inputs()
+    return result
+
+
+def test_resources_total_ranks_and_validation():
+    resources = ResourceRequirements(node_count=2, cpu_processes=4)
+    assert resources.total_ranks == 8
+    with pytest.raises(ValueError):
+        ResourceRequirements(node_count=0)
+    with pytest.raises(ValueError):
+        ResourceRequirements(nodes=2)  # typo is an error, not silently ignored
+
+
+def test_request_round_trip_keeps_inputs_and_sizes():
+    array = np.arange(100_000, dtype=np.float64)
+    request = make_request(array, "x", scale=2)
+    message = decode(join(encode(Kind.REQUEST, request)))
+    assert message.kind is Kind.REQUEST
+    received = message.result
+    args, kwargs = received.decode_inputs()
+    assert np.array_equal(args[0], array) and args[1] == "x" and kwargs == {"scale": 2}
+    assert received.message_sizes["inputs"] >= array.nbytes
+    assert received.time.deserialize_inputs is not None
+
+
+def test_large_array_travels_out_of_band():
+    array = np.ones(1_000_000)
+    frames = serialize(array, SerializationMethod.PICKLE)
+    assert len(frames) == 2, "the array buffer must be its own frame"
+    assert len(frames[0]) < 1000, "the pickle stream must not contain the array bytes"
+
+
+def test_payload_is_raw_bytes_not_text():
+    payload = bytes(range(256)) * 100
+    parts = encode(Kind.REQUEST, make_request(payload))
+    data = join(parts)
+    assert payload in data  # the raw bytes appear as they are, not hex or base64
+    assert payload.hex().encode() not in data
+
+
+def test_result_flags_and_value():
+    request = make_request(1)
+    request.set_result({"y": 2.5})
+    data = join(encode(Kind.RESULT, request))
+    assert peek(data) == (Kind.RESULT, Flags.NONE)
+    assert decode(data).result.decode_value() == {"y": 2.5}
+    request.set_failure(ValueError("no"))
+    kind, flags = peek(join(encode(Kind.RESULT, request)))
+    assert flags & Flags.FAILED
+
+
+def test_failure_carries_traceback():
+    result = Result(method="f")
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        result.set_failure(exc)
+    assert result.success is False and result.complete is True
+    assert "KeyError" in result.failure_info.exception
+    assert "raise KeyError" in result.failure_info.traceback
+
+
+def test_json_serialization_names_bad_argument():
+    with pytest.raises(TypeError, match="argument 1 of type ndarray"):
+        serialize_inputs((1, np.zeros(3)), {}, SerializationMethod.JSON)
+    with pytest.raises(TypeError, match="keyword argument 'model'"):
+        serialize_inputs((), {"model": object()}, SerializationMethod.JSON)
+    frames = serialize_inputs((1, "a"), {"b": [1.5]}, SerializationMethod.JSON)
+    assert json.loads(bytes(frames[0])) == [[1, "a"], {"b": [1.5]}]
+
+
+def test_unknown_serialization_method_lists_choices():
+    with pytest.raises(ValueError, match="'pickle', 'json'"):
+        SerializationMethod.parse("yaml")
+
+
+def test_json_trace_line_is_strict_and_round_trips():
+    result = Result(method="sim", inputs=((1.0, "C"), {"k": 2}), task_info={"i": 3})
+    result.set_result(float("nan"), runtime=0.5)
+    line = result.json()
+    assert "NaN" not in line
+    data = json.loads(line)
+    assert data["value"] is None and data["inputs"] == [[1.0, "C"], {"k": 2}]
+    assert data["resources"]["node_count"] == 1
+    back = Result.from_json(line)
+    assert back.task_id == result.task_id and back.args == (1.0, "C") and back.time.running == 0.5
+
+
+def test_json_exclude_accepts_set_and_dict_and_handles_objects():
+    result = Result(method="train", inputs=((object(),), {}))
+    result.set_result(np.float32(1.5))
+    assert json.loads(result.json())["value"] == 1.5
+    assert "inputs" not in json.loads(result.json(exclude={"inputs", "value"}))
+    data = json.loads(result.json(exclude={"timestamp": {"created"}}))
+    assert "created" not in data["timestamp"] and "object" in data["inputs"][0][0]
+
+
+def test_signed_messages_reject_tampering_and_missing_signature():
+    key = b"secret"
+    data = bytearray(join(encode(Kind.REQUEST, make_request(1), key=key)))
+    assert decode(data, key=key).result.method == "f"
+    tampered = bytearray(data)
+    tampered[-40] ^= 0xFF
+    with pytest.raises(MessageError, match="signature"):
+        decode(tampered, key=key)
+    with pytest.raises(MessageError, match="not signed"):
+        decode(join(encode(Kind.REQUEST, make_request(1))), key=key)
+
+
+def test_unsigned_pickle_is_never_loaded(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    rogue = pickle.dumps(Evil())
+    for data in (rogue, b"SM" + rogue):
+        with pytest.raises(MessageError):
+            decode(data, key=b"k")
+    assert not marker.exists()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_decoder_rejects_random_bytes_cleanly(data):
+    with contextlib.suppress(MessageError):
+        decode(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=10_000))
+def test_decoder_rejects_truncated_messages(cut):
+    data = join(encode(Kind.REQUEST, make_request(np.arange(50.0), "abc")))
+    cut = cut % len(data)
+    with pytest.raises(MessageError):
+        decode(data[:cut])
+
+
+def test_message_large_numbers_of_frames_and_nan_inputs():
+    request = make_request(math.inf)
+    decoded = decode(join(encode(Kind.REQUEST, request))).result
+    assert decoded.decode_inputs()[0][0] == math.inf

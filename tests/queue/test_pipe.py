@@ -1,0 +1,148 @@
+"""The embedded pipe backend and the queue contract it shares with every backend."""
+
+import multiprocessing
+import threading
+import time
+
+import numpy as np
+import pytest
+from tests.conftest import echo_server
+
+from steersman.exceptions import TaskServerDied
+from steersman.models.messages import Kind
+from steersman.queue import PipeQueues
+
+
+def test_send_and_get_by_topic(pipe_queues):
+    server = echo_server(pipe_queues)
+    pipe_queues.send_inputs(1, method="f", topic="sim")
+    assert pipe_queues.get_result(topic="ml", timeout=0.05) is None
+    result = pipe_queues.get_result(topic="sim")
+    assert result.args == (1,) and result.value == (1,) and result.success
+    assert result.timestamp.result_received >= result.timestamp.created
+    pipe_queues.send_kill_signal()
+    server.join(5)
+    assert not server.is_alive()
+
+
+def test_timeout_is_sub_second(pipe_queues):
+    start = time.perf_counter()
+    assert pipe_queues.get_result(timeout=0.1) is None
+    assert time.perf_counter() - start < 0.5
+
+
+def test_unknown_topic_and_method_list_valid_ones():
+    queues = PipeQueues(topics=["sim"], methods=["simulate"])
+    valid = r"unknown topic 'nope'; valid topics: \['default', 'sim'\]"
+    with pytest.raises(ValueError, match=valid):
+        queues.send_inputs(1, method="simulate", topic="nope")
+    with pytest.raises(ValueError, match=r"unknown method 'train'; valid methods: \['simulate'\]"):
+        queues.send_inputs(1, method="train")
+    with pytest.raises(ValueError, match="unknown topic"):
+        queues.get_result(topic="nope")
+    assert queues.active_count == 0
+
+
+def test_json_serialization_rejects_objects_before_sending():
+    queues = PipeQueues(serialization_method="json")
+    with pytest.raises(TypeError, match="argument 0 of type ndarray"):
+        queues.send_inputs(np.zeros(2), method="f")
+    assert queues.active_count == 0
+
+
+def test_active_count_and_wait_until_done(pipe_queues):
+    gate = threading.Event()
+    server = echo_server(pipe_queues, handler=lambda x: gate.wait(5) and x)
+    for i in range(3):
+        pipe_queues.send_inputs(i, method="f")
+    assert pipe_queues.active_count == 3
+    assert not pipe_queues.wait_until_done(timeout=0.05)
+    gate.set()
+    values = sorted(pipe_queues.get_result().value for _ in range(3))
+    assert values == [0, 1, 2]
+    assert pipe_queues.wait_until_done(timeout=1)
+    assert pipe_queues.active_count == 0
+    pipe_queues.send_kill_signal()
+    server.join(5)
+
+
+def test_many_threads_send_and_receive_at_once(pipe_queues):
+    server = echo_server(pipe_queues, handler=lambda i: i)
+    n_threads, per_thread = 8, 200
+    received: list[int] = []
+    lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        for i in range(per_thread):
+            pipe_queues.send_inputs(offset + i, method="f", topic="sim")
+        for _ in range(per_thread):
+            value = pipe_queues.get_result(topic="sim", timeout=10).value
+            with lock:
+                received.append(value)
+
+    threads = [threading.Thread(target=worker, args=(t * 10_000,)) for t in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    expected = sorted(t * 10_000 + i for t in range(n_threads) for i in range(per_thread))
+    assert sorted(received) == expected
+    pipe_queues.send_kill_signal()
+    server.join(5)
+
+
+def test_large_messages_do_not_deadlock(pipe_queues):
+    """Both pipes full at once: the receivers keep draining, so nothing blocks forever."""
+    server = echo_server(pipe_queues)
+    payload = np.random.default_rng(0).random(2_000_000)  # 16 MB each way, pipe buffer is 1 MB
+    for _ in range(4):
+        pipe_queues.send_inputs(payload, method="f")
+    for _ in range(4):
+        result = pipe_queues.get_result(timeout=30)
+        assert np.array_equal(result.value[0], payload)
+    pipe_queues.send_kill_signal()
+    server.join(5)
+
+
+def _serve_in_child(queues: PipeQueues) -> None:
+    queues.on_server_process()
+    while True:
+        message = queues.get_task()
+        if message.kind is Kind.KILL:
+            return
+        result = message.result
+        result.set_result(sum(result.decode_inputs()[0]))
+        queues.send_result(result)
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_queues_can_be_pickled_into_a_child_process(start_method):
+    queues = PipeQueues()
+    process = multiprocessing.get_context(start_method).Process(
+        target=_serve_in_child, args=(queues,)
+    )
+    process.start()
+    queues.on_server_started()
+    queues.send_inputs(2, 3, method="add")
+    assert queues.get_result(timeout=30).value == 5
+    queues.send_kill_signal()
+    process.join(30)
+    assert process.exitcode == 0
+
+
+def test_dead_server_is_reported_not_a_hang():
+    queues = PipeQueues()
+    process = multiprocessing.get_context("fork").Process(target=lambda: None)
+    process.start()
+    queues.on_server_started()
+    process.join()
+    with pytest.raises(TaskServerDied, match="task server"):
+        queues.get_result(timeout=5)
+
+
+def test_wait_result_stops_when_told(pipe_queues):
+    stop = threading.Event()
+    threading.Timer(0.05, lambda: (stop.set(), pipe_queues.wake())).start()
+    start = time.perf_counter()
+    assert pipe_queues.wait_result("sim", None, stop.is_set) is None
+    assert time.perf_counter() - start < 2
