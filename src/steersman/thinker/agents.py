@@ -83,9 +83,10 @@ def event_responder(func: Any = None, *, event_name: str, reallocate_resources: 
     """Call a method whenever the event named `event_name` is set.
 
     With `reallocate_resources`, slots move from `gather_from` to `gather_to`, `slot_step` at a
-    time up to `max_slots` (an int or an attribute name; None for no limit) while the method
-    runs; afterwards the gathered slots move to `disperse_to`. The event is cleared once every
-    responder to it has finished.
+    time, until `gather_to` holds `max_slots` (an int or an attribute name; None for no limit),
+    while the method runs; afterwards every slot of `gather_to` moves to `disperse_to` (``None``
+    is the unallocated pool; pass ``disperse_to=gather_to`` to keep them). The event is cleared
+    once every responder to it has finished.
     """
     if reallocate_resources and gather_to is None:
         raise ValueError("reallocate_resources=True needs gather_to (the pool to fill)")
@@ -154,10 +155,9 @@ def _respond_with_slots(thinker: BaseThinker, method: Callable[[], Any],
     assert rec is not None
     stop = Flag()
     thinker.done.add_listener(stop.set)
-    gathered = [0]
     gatherer = threading.Thread(target=_gather, daemon=True,
                                 name=f"{threading.current_thread().name}-gather",
-                                args=(thinker, options, stop, gathered))
+                                args=(thinker, options, stop))
     gatherer.start()
     try:
         method()
@@ -165,20 +165,20 @@ def _respond_with_slots(thinker: BaseThinker, method: Callable[[], Any],
         stop.set()
         gatherer.join()
         thinker.done.remove_listener(stop.set)
-        if options["disperse_to"] is not None:  # None keeps the slots in gather_to
-            rec.reallocate(options["gather_to"], options["disperse_to"], gathered[0],
+        if options["gather_to"] != options["disperse_to"]:  # None disperses to unallocated
+            rec.reallocate(options["gather_to"], options["disperse_to"], "all",
                            cancel_if=thinker.done)
 
 
-def _gather(thinker: BaseThinker, options: dict[str, Any], stop: Flag, gathered: list[int]) -> None:
+def _gather(thinker: BaseThinker, options: dict[str, Any], stop: Flag) -> None:
+    """Fill `gather_to` until it holds `max_slots` slots (no limit if None) or `stop` is set."""
     rec = thinker.rec
     assert rec is not None
     limit = options["max_slots"]
     maximum = rec.total_slots if limit is None else thinker.resolve_count(limit)
-    while not stop.is_set() and gathered[0] < maximum:
-        step = min(options["slot_step"], maximum - gathered[0])
-        if rec.reallocate(options["gather_from"], options["gather_to"], step, cancel_if=stop):
-            gathered[0] += step
+    while not stop.is_set() and rec.allocated_slots(options["gather_to"]) < maximum:
+        step = min(options["slot_step"], maximum - rec.allocated_slots(options["gather_to"]))
+        rec.reallocate(options["gather_from"], options["gather_to"], step, cancel_if=stop)
 
 
 LOOPS: dict[str, Callable[..., None]] = {
