@@ -104,18 +104,33 @@ def _cores_needed(
     """Fewest cores per application to finish by `deadline`, or None if one cannot."""
     out = []
     for cu, w, a, b in zip(curves, work, lo, hi):
-        c = a if w <= 0 else cu.min_cores(w / deadline, a, b)
+        # any positive workload needs some throughput, even when w / deadline underflows
+        c = a if w <= 0 else cu.min_cores(max(w / deadline, math.ulp(0.0)), a, b)
         if c is None:
             return None
         out.append(c)
     return out
 
 
+def _largest_work_first(work: Sequence[float], lo: list[int], hi: list[int],
+                        total: int) -> list[int]:
+    """When not every application can run: the spare cores go to the largest workloads first."""
+    alloc, spare = list(lo), total - sum(lo)
+    for i in sorted(range(len(work)), key=lambda i: -work[i]):
+        if spare <= 0:
+            break
+        if work[i] > 0 and alloc[i] == 0 and hi[i] > 0:
+            alloc[i], spare = 1, spare - 1
+    return alloc
+
+
 def _deadline_split(
     curves: Sequence[Curve], work: Sequence[float], lo: list[int], hi: list[int], total: int
 ) -> list[int]:
     """Fewest cores that reach the smallest feasible makespan (bisection on the deadline)."""
-    stuck = [w > 0 and math.isinf(_time(cu, w, b)) for cu, w, b in zip(curves, work, hi)]
+    spare = total - sum(lo)  # the most any application can get beyond its own minimum
+    reach = [min(b, a + spare) for a, b in zip(lo, hi)]
+    stuck = [w > 0 and math.isinf(_time(cu, w, r)) for cu, w, r in zip(curves, work, reach)]
     if any(stuck):  # cannot finish whatever it gets: keep its minimum, split the rest
         logger.warning("%d application(s) cannot progress even on their max cores", sum(stuck))
         work = [0.0 if s else w for s, w in zip(stuck, work)]
@@ -124,6 +139,11 @@ def _deadline_split(
     fastest = max(_time(cu, w, b) for cu, w, b in zip(curves, work, hi))
     if fastest <= 0.0:  # workloads so small the times underflow: done at once
         return list(lo)
+
+    least = _cores_needed(curves, work, lo, hi, math.inf)
+    if least is None or sum(least) > total:  # some application must wait whatever we do
+        logger.warning("%d cores cannot let every application progress at once", total)
+        return _largest_work_first(work, lo, hi, total)
 
     def fits(deadline: float) -> list[int] | None:
         need = _cores_needed(curves, work, lo, hi, deadline)

@@ -35,7 +35,7 @@ class TaskMethod(ABC):
         result.timestamp.compute_started = time()
         start = perf_counter()
         try:
-            args, kwargs = result.decode_inputs()
+            args, kwargs = _decode_inputs(result)
             if self._wants_resources():
                 kwargs = {**kwargs, "_resources": result.resources}
             value = self.run(result, args, kwargs, emit)
@@ -181,6 +181,15 @@ def as_method(method: TaskMethod | Callable[..., Any]) -> TaskMethod:
     if inspect.isgeneratorfunction(method):
         return PythonGeneratorMethod(method)
     return PythonMethod(method)
+
+
+def _decode_inputs(result: Result) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The inputs, with proxies from the request's store resolved into plain objects."""
+    if result.proxystore_name is None:
+        return result.decode_inputs()
+    from steersman.proxy import resolve_inputs
+
+    return resolve_inputs(result)
 
 
 def _accepts_keyword(function: Callable[..., Any], keyword: str) -> bool:

@@ -84,7 +84,14 @@ class TimeSpans(BaseModel):
     serialize_results: float | None = None
     deserialize_results: float | None = None
     running: float | None = None
+    #: Worker: decoding the inputs and fetching their proxies (fetches overlap the decoding).
     proxy_resolve: float | None = None
+    #: Client: putting inputs above the threshold in the store.
+    proxy_store_inputs: float | None = None
+    #: Worker: putting a value above the threshold in the store.
+    proxy_store_value: float | None = None
+    #: Client: fetching a proxied value when the result arrived.
+    proxy_resolve_value: float | None = None
     additional: dict[str, float] = Field(default_factory=dict)
 
 
@@ -116,6 +123,11 @@ class Result(BaseModel):
     priority: int = 0
     executor: str | None = None
     message_sizes: dict[str, int] = Field(default_factory=dict)
+    # The topic's ProxyStore store (name, threshold in bytes, JSON configuration to rebuild it
+    # in a worker elsewhere): set by the client, used by the worker to proxy a large value.
+    proxystore_name: str | None = None
+    proxystore_threshold: int | None = None
+    proxystore_config: dict[str, Any] | None = None
     timestamp: Timestamps = Field(default_factory=Timestamps)
     time: TimeSpans = Field(default_factory=TimeSpans)
 
@@ -186,7 +198,8 @@ class Result(BaseModel):
         """Restore the inputs from received frames, timing it."""
         if self._input_frames is not None:
             start = _clock()
-            self.inputs = deserialize_inputs(self._input_frames, self.serialization_method)
+            frames = writable_frames(self._input_frames)
+            self.inputs = deserialize_inputs(frames, self.serialization_method)
             self.time.deserialize_inputs = _clock() - start
         return self.inputs
 
@@ -194,7 +207,7 @@ class Result(BaseModel):
         """Restore the value from received frames, timing it."""
         if self._value_frames is not None:
             start = _clock()
-            self.value = deserialize(self._value_frames, self.serialization_method)
+            self.value = deserialize(writable_frames(self._value_frames), self.serialization_method)
             self.time.deserialize_results = _clock() - start
         return self.value
 
@@ -244,6 +257,18 @@ class Result(BaseModel):
 
 
 _clock = perf_counter
+
+
+def writable_frames(frames: Sequence[Frame]) -> list[Frame]:
+    """Copy read-only out-of-band buffers, so arrays rebuilt from them are writable.
+
+    Arrays that arrive are always writable, as after a local call, whatever the transport:
+    pipes deliver writable memory (no copy here); Redis replies and stored objects arrive as
+    read-only ``bytes``, whose large buffers are copied once. The pickle stream (frame 0) is
+    only read, so it is never copied.
+    """
+    return [frame if i == 0 or not memoryview(frame).readonly else bytearray(frame)
+            for i, frame in enumerate(frames)]
 
 
 def _nbytes(frames: Sequence[Frame]) -> int:

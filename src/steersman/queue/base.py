@@ -13,12 +13,16 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from time import monotonic, time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from steersman.exceptions import MessageError, QueueConnectionError
 from steersman.models.messages import Kind, Message, decode, encode
 from steersman.models.result import ResourceRequirements, Result
 from steersman.models.serialization import Frame, SerializationMethod
+from steersman.proxy import parse_proxy_options, settle_result
+
+if TYPE_CHECKING:
+    from steersman.proxy import NameOption, ThresholdOption
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,11 @@ class BaseQueues(ABC):
             Task servers register their methods here when built in the same process.
         key: Secret for signing messages (HMAC-SHA256); when set, unsigned or badly signed
             messages are rejected before decoding.
+        proxystore_name: ProxyStore store (registered name or ``Store``) that carries large
+            values by reference: one for every topic, or a dict per topic (topics missing from
+            the dict never proxy). See :mod:`steersman.proxy`.
+        proxystore_threshold: Size in bytes above which inputs and values are proxied: one for
+            every topic, or a dict per topic.
     """
 
     def __init__(
@@ -53,6 +62,8 @@ class BaseQueues(ABC):
         keep_inputs: bool = True,
         methods: Iterable[str] | None = None,
         key: bytes | str | None = None,
+        proxystore_name: NameOption = None,
+        proxystore_threshold: ThresholdOption = None,
     ):
         topics = list(topics) if not isinstance(topics, str) else [topics]
         for topic in topics:
@@ -65,6 +76,8 @@ class BaseQueues(ABC):
         self._key: bytes | None = key.encode() if isinstance(key, str) else key
         self._observers: list[QueueObserver] = []
         self._kill_sent = False
+        self._proxies = parse_proxy_options(proxystore_name, proxystore_threshold, self.topics,
+                                            self.serialization_method)
         self._init_local()
 
     # --- per-process state --------------------------------------------------------------------
@@ -168,6 +181,7 @@ class BaseQueues(ABC):
         """
         self._check_topic(topic)
         self._check_method(method)
+        self._check_executor(executor)
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
         if timeout is not None and not timeout > 0:
@@ -200,12 +214,16 @@ class BaseQueues(ABC):
             self._send_request(parts)
         except BaseException:
             self._finish_task(topic)
+            if self._proxies is not None:
+                self._proxies.forget(result.task_id)
             raise
         logger.debug("sent task %s (%s) on topic %s", result.task_id, method, topic)
         return result.task_id
 
     def prepare_request(self, result: Result) -> None:
-        """Serialize the inputs; a hook for backends that move large values by reference."""
+        """Put inputs above the topic's threshold in its store, then serialize the inputs."""
+        if self._proxies is not None:
+            self._proxies.prepare(result)
         result.encode_inputs()
 
     def get_result(self, topic: str = "default", timeout: float | None = None) -> Result | None:
@@ -247,6 +265,10 @@ class BaseQueues(ABC):
         result.decode_value()
         if result.input_frames:
             result.decode_inputs()
+        if self._proxies is not None:
+            self._proxies.settle(result)
+        elif result.proxystore_name is not None:
+            settle_result(result)
         result.timestamp.result_received = time()
 
     def add_observer(self, observer: QueueObserver) -> None:
@@ -396,6 +418,10 @@ class BaseQueues(ABC):
         self._methods = frozenset(names)
         self._publish_methods(self._methods)
 
+    def set_executors(self, names: Iterable[str]) -> None:
+        """Record the executors a server offers, so unknown names fail at ``send_inputs``."""
+        self._executors: frozenset[str] | None = frozenset(names)
+
     @property
     def signing_key(self) -> bytes | None:
         """The key messages are signed with, for workers that encode results themselves."""
@@ -414,9 +440,19 @@ class BaseQueues(ABC):
         if known is not None and method not in known:
             raise ValueError(f"unknown method {method!r}; valid methods: {sorted(known)}")
 
+    def _check_executor(self, executor: str | None) -> None:
+        known = getattr(self, "_executors", None)
+        if executor is not None and known is not None and executor not in known:
+            raise ValueError(f"unknown executor {executor!r}; valid executors: {sorted(known)}")
+
     def close(self) -> None:
-        """Stop the background receiver; the queues cannot be used afterwards."""
+        """Stop the background receiver; the queues cannot be used afterwards.
+
+        Inputs stored for tasks that never came back are evicted from their store.
+        """
         self._closing = True
+        if self._proxies is not None:
+            self._proxies.close()
         self._wake_receiver()
         if self._receiver is not None and self._receiver is not threading.current_thread():
             self._receiver.join(timeout=5)

@@ -16,11 +16,14 @@ import select
 import struct
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steersman.exceptions import QueueConnectionError, TaskServerDied
 from steersman.models.serialization import Frame, SerializationMethod
 from steersman.queue.base import BaseQueues, Buffer
+
+if TYPE_CHECKING:
+    from steersman.proxy import NameOption, ThresholdOption
 
 _LENGTH = struct.Struct("<Q")
 _F_SETPIPE_SZ = 1031
@@ -82,6 +85,8 @@ class PipeQueues(BaseQueues):
         keep_inputs: Whether results come back with their inputs by default.
         methods: Method names the server offers (task servers fill this in themselves).
         key: Optional secret to sign every message.
+        proxystore_name: ProxyStore store for large values, for every topic or per topic.
+        proxystore_threshold: Size in bytes above which values are proxied, likewise.
     """
 
     def __init__(
@@ -91,14 +96,22 @@ class PipeQueues(BaseQueues):
         keep_inputs: bool = True,
         methods: Iterable[str] | None = None,
         key: bytes | str | None = None,
+        proxystore_name: NameOption = None,
+        proxystore_threshold: ThresholdOption = None,
     ):
         self._requests = PipeChannel()
         self._outcomes = PipeChannel()
-        super().__init__(topics, serialization_method, keep_inputs, methods, key)
+        super().__init__(topics, serialization_method, keep_inputs, methods, key,
+                         proxystore_name, proxystore_threshold)
 
     def _init_local(self) -> None:
         super()._init_local()
-        self._wake: tuple[int, int] | None = None
+        old = getattr(self, "_wake", None)
+        if old is not None:  # inherited through fork: this process gets its own
+            for fd in old:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake: tuple[int, int] = os.pipe()  # made eagerly: close() and the receiver race
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -127,19 +140,14 @@ class PipeQueues(BaseQueues):
 
     def _recv_result(self, timeout: float | None) -> Buffer | None:
         try:
-            return self._outcomes.read(timeout, self._wake_fds()[0])
+            return self._outcomes.read(timeout, self._wake[0])
         except (EOFError, OSError):
             raise TaskServerDied(
                 f"the task server exited with {self.active_count} task(s) outstanding"
             ) from None
 
-    def _wake_fds(self) -> tuple[int, int]:
-        if self._wake is None:
-            self._wake = os.pipe()
-        return self._wake
-
     def _wake_receiver(self) -> None:
-        os.write(self._wake_fds()[1], b"x")
+        os.write(self._wake[1], b"x")
 
     # --- which process holds which end --------------------------------------------------------
 

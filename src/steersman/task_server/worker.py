@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from time import time
 
@@ -10,6 +11,8 @@ from steersman.models.methods import TaskMethod
 from steersman.models.result import Result
 from steersman.models.serialization import Frame
 from steersman.task_server.engine import Parts
+
+logger = logging.getLogger(__name__)
 
 
 def execute_request(
@@ -30,6 +33,7 @@ def execute_request(
     held: list[Parts] = []
 
     def send_partial(partial: Result) -> None:
+        _proxy_large_value(partial)
         parts = encode(Kind.RESULT, partial, key=key, with_inputs=False)
         if emit is not None:
             emit(partial.topic, parts)
@@ -37,7 +41,19 @@ def execute_request(
             held.append(parts)
 
     methods[result.method](result, send_partial)
+    _proxy_large_value(result)
     return [*held, encode_final(result, key)]
+
+
+def _proxy_large_value(result: Result) -> None:
+    """Move a value above the request's ProxyStore threshold to its store."""
+    if result.proxystore_name is not None and result.success:
+        from steersman.proxy import proxy_value
+
+        try:
+            proxy_value(result)
+        except Exception as exc:  # e.g. a value pickle cannot serialize: encode_final reports it
+            logger.debug("task %s: value not proxied: %r", result.task_id, exc)
 
 
 def encode_final(result: Result, key: bytes | None) -> Parts:

@@ -1,0 +1,646 @@
+"""The Redis backend: queues between a thinker and task servers on different machines.
+
+Requests travel on one Redis stream read by the consumer group ``servers``; results travel on one
+stream per topic read by the group ``thinker``. A server acknowledges and deletes a request only
+once its final result is sent (:meth:`RedisQueues.request_done`), so requests held by a server that
+died are claimed by another server after ``claim_idle`` seconds. Every entry is deleted once
+handled, so the streams do not grow over a campaign.
+
+Nothing connects until first use, and a pickled copy connects again in its own process. If the
+connection drops (Redis restarted), every call retries with a short backoff for up to
+``reconnect_timeout`` seconds before raising :class:`~steersman.exceptions.QueueConnectionError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from time import monotonic
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from steersman.exceptions import QueueConnectionError
+from steersman.models.messages import Kind, Message, join
+from steersman.models.serialization import Frame, SerializationMethod
+from steersman.queue.base import BaseQueues, Buffer
+
+if TYPE_CHECKING:
+    from steersman.proxy import NameOption, ThresholdOption
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SERVER_GROUP = "servers"
+"""Consumer group of the task servers on the requests stream."""
+THINKER_GROUP = "thinker"
+"""Consumer group of the thinker on each results stream."""
+PAYLOAD_FIELD = b"m"
+"""The one field of a stream entry: the whole message as raw bytes."""
+
+_RESULT_BLOCK = 0.5  # longest blocking read of results, so close() is never held up for long
+_REQUEST_BLOCK = 1.0  # longest blocking read of requests, so stale claims are checked regularly
+_RESULT_BATCH = 64
+_CLAIM_BATCH = 16
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0
+
+# Names of attributes that belong to one process and are rebuilt after pickling or fork.
+_LOCAL_NAMES = (
+    "_client", "_consumer", "_stop", "_state_lock", "_resync_lock", "_connected",
+    "_request_group_ready", "_result_groups_ready", "_resync_requests", "_resync_results",
+    "_held", "_inflight", "_claimed", "_thread_state", "_next_claim", "_heartbeat",
+    "_result_buffer", "_unacked_results", "_published",
+)
+
+
+class _MissingGroup(Exception):
+    """A consumer group vanished (Redis restarted without persistence): create it again."""
+
+
+class RedisQueues(BaseQueues):
+    """Queues through a Redis server, for a thinker and task servers on different machines.
+
+    Args:
+        hostname: Host of the Redis server.
+        port: Port of the Redis server.
+        topics: Names used to separate kinds of results; ``'default'`` is always present.
+        serialization_method: ``'pickle'`` (default) or ``'json'``.
+        keep_inputs: Whether results come back with their inputs by default.
+        methods: Method names the server offers (task servers fill this in themselves).
+        key: Optional secret to sign every message; unsigned messages are then rejected.
+        prefix: Prefix of every Redis key; a new unique one per campaign unless given. The
+            thinker's and the server's queues must share it (see :func:`make_queue_pairs`).
+        password: Password of the Redis server (or of `username`).
+        username: Redis ACL user name.
+        db: Redis database number.
+        ssl: Connect with TLS.
+        ssl_ca_certs: File of the certificate authorities that signed the server's certificate.
+        ssl_certfile: Client certificate, for servers that require one.
+        ssl_keyfile: Key of the client certificate.
+        socket_connect_timeout: Seconds to wait for a connection before giving up.
+        socket_timeout: Seconds to wait for a reply from a server that went silent.
+        reconnect_timeout: Seconds to keep retrying after a working connection dropped.
+        claim_idle: Seconds a request may stay unacknowledged by a silent server before another
+            server takes it over. Live servers refresh their requests well within this time.
+        redis_options: Further keyword arguments for :class:`redis.Redis`.
+        proxystore_name: ProxyStore store for large values, for every topic or per topic.
+        proxystore_threshold: Size in bytes above which values are proxied, likewise.
+    """
+
+    def __init__(
+        self,
+        hostname: str = "localhost",
+        port: int = 6379,
+        topics: Iterable[str] = (),
+        serialization_method: str | SerializationMethod = SerializationMethod.PICKLE,
+        keep_inputs: bool = True,
+        methods: Iterable[str] | None = None,
+        key: bytes | str | None = None,
+        prefix: str | None = None,
+        password: str | None = None,
+        username: str | None = None,
+        db: int = 0,
+        ssl: bool = False,
+        ssl_ca_certs: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        socket_connect_timeout: float = 5.0,
+        socket_timeout: float = 10.0,
+        reconnect_timeout: float = 30.0,
+        claim_idle: float = 30.0,
+        redis_options: Mapping[str, Any] | None = None,
+        proxystore_name: NameOption = None,
+        proxystore_threshold: ThresholdOption = None,
+    ):
+        if not isinstance(hostname, str) or not hostname:
+            raise ValueError(f"hostname must be a non-empty string, got {hostname!r}")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"port must be an integer from 1 to 65535, got {port!r}")
+        if not isinstance(db, int) or db < 0:
+            raise ValueError(f"db must be a non-negative integer, got {db!r}")
+        if prefix is not None and (not isinstance(prefix, str) or not prefix):
+            raise ValueError(f"prefix must be a non-empty string or None, got {prefix!r}")
+        for name, value in (("socket_connect_timeout", socket_connect_timeout),
+                            ("socket_timeout", socket_timeout),
+                            ("reconnect_timeout", reconnect_timeout)):
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(claim_idle, (int, float)) or claim_idle < 0:
+            raise ValueError(f"claim_idle must be a non-negative number of seconds, "
+                             f"got {claim_idle!r}")
+        self.hostname = hostname
+        self.port = port
+        self.db = db
+        self.prefix = prefix if prefix is not None else new_prefix()
+        self.reconnect_timeout = float(reconnect_timeout)
+        self.claim_idle = float(claim_idle)
+        self._redis_options: dict[str, Any] = {
+            "host": hostname, "port": port, "db": db, "password": password, "username": username,
+            "socket_connect_timeout": socket_connect_timeout,
+            # A blocking read must outlast its BLOCK time before the socket gives up on it.
+            "socket_timeout": max(socket_timeout, _REQUEST_BLOCK + 1.0),
+            # Our own loop retries (bounded, logged); redis-py must fail fast underneath it.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if ssl:
+            self._redis_options.update(ssl=True, ssl_ca_certs=ssl_ca_certs,
+                                       ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+        self._redis_options.update(redis_options or {})
+        super().__init__(topics, serialization_method, keep_inputs, methods, key,
+                         proxystore_name, proxystore_threshold)
+
+    # --- names of the keys --------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the Redis server, for messages."""
+        return f"{self.hostname}:{self.port}"
+
+    @property
+    def requests_key(self) -> str:
+        """The stream of task requests (and kill signals)."""
+        return f"{self.prefix}:requests"
+
+    def results_key(self, topic: str) -> str:
+        """The stream of results of one topic."""
+        return f"{self.prefix}:results:{topic}"
+
+    @property
+    def methods_key(self) -> str:
+        """Where the task server publishes its method names."""
+        return f"{self.prefix}:methods"
+
+    def _wake_key(self) -> str:
+        return f"{self.prefix}:wake:{self._consumer}"
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(hostname={self.hostname!r}, port={self.port}, "
+                f"db={self.db}, prefix={self.prefix!r}, topics={self.topics!r})")
+
+    # --- per-process state --------------------------------------------------------------------
+
+    def _init_local(self) -> None:
+        super()._init_local()
+        self._client: redis.Redis | None = None
+        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._state_lock = threading.Lock()
+        self._resync_lock = threading.Lock()
+        self._connected = False  # whether a command ever succeeded in this process
+        self._request_group_ready = False
+        self._result_groups_ready = False
+        self._resync_requests = False
+        self._resync_results = False
+        # Server side: requests handed out and not acknowledged yet.
+        self._held: set[bytes] = set()
+        self._inflight: dict[str, bytes] = {}  # task id -> stream entry id
+        self._claimed: deque[tuple[bytes, bytes]] = deque()
+        self._thread_state = threading.local()
+        self._next_claim = 0.0
+        self._heartbeat: threading.Thread | None = None
+        # Client side: results read but not handed to the base class yet, and unacknowledged ids.
+        self._result_buffer: deque[bytes] = deque()
+        self._unacked_results: dict[str, list[bytes]] = {}
+        self._published: frozenset[str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for name in _LOCAL_NAMES:
+            state.pop(name, None)
+        return state
+
+    def on_worker_process(self) -> None:
+        """In a worker forked from the server: forget the server's connection and requests.
+
+        The inherited sockets are dropped, not shut down, so the server's connection survives.
+        """
+        self._init_local()
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            with self._state_lock:
+                if self._client is None:
+                    self._client = redis.Redis(**self._redis_options)
+        return self._client
+
+    def _call(self, what: str, operation: Callable[[redis.Redis], T]) -> T:
+        """Run one Redis operation, retrying with backoff while a dropped connection recovers.
+
+        A server never reached from this process fails at once: that is a configuration error,
+        not an outage.
+        """
+        deadline: float | None = None
+        delay = _BACKOFF_FIRST
+        attempt = 0
+        while True:
+            try:
+                outcome = operation(self._redis())
+            except redis.exceptions.AuthenticationError as exc:
+                raise QueueConnectionError(
+                    f"Redis at {self.address} refused the credentials: {exc}") from None
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    OSError) as exc:
+                if not self._connected:
+                    raise QueueConnectionError(
+                        f"cannot reach Redis at {self.address}: {exc}") from None
+                if self._closing or self._stop.is_set():
+                    raise QueueConnectionError(
+                        f"lost Redis at {self.address} while closing: {exc}") from None
+                now = monotonic()
+                if deadline is None:
+                    deadline = now + self.reconnect_timeout
+                if now >= deadline:
+                    raise QueueConnectionError(
+                        f"lost Redis at {self.address} and could not reconnect within "
+                        f"{self.reconnect_timeout:g} s: {exc}") from None
+                attempt += 1
+                self._resync_requests = self._resync_results = True
+                logger.warning("Redis at %s unavailable during %s (%s); reconnect attempt %d "
+                               "in %.2f s", self.address, what, exc, attempt, delay)
+                self._stop.wait(min(delay, deadline - now))
+                delay = min(2 * delay, _BACKOFF_MAX)
+                continue
+            except redis.exceptions.ResponseError as exc:
+                # The stream and its group were deleted (e.g. Redis restarted without
+                # persistence), before or while we waited on it; in a pipeline the message
+                # carries a preamble.
+                if "NOGROUP" in str(exc) or "no longer exists" in str(exc):
+                    self._request_group_ready = self._result_groups_ready = False
+                    raise _MissingGroup(str(exc)) from None
+                raise QueueConnectionError(
+                    f"Redis at {self.address} refused {what}: {exc}") from None
+            except redis.exceptions.RedisError as exc:
+                raise QueueConnectionError(
+                    f"Redis at {self.address} failed during {what}: {exc}") from None
+            if attempt:
+                logger.info("reconnected to Redis at %s after %d attempt(s)", self.address,
+                            attempt)
+            self._connected = True
+            return outcome
+
+    def _create_group(self, client: redis.Redis, stream: str, group: str) -> None:
+        try:
+            client.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if not str(exc).startswith("BUSYGROUP"):
+                raise
+
+    def _ack(self, stream: str, ids: Sequence[bytes]) -> None:
+        """Acknowledge and delete entries, so the stream does not grow."""
+        if not ids:
+            return
+        group = SERVER_GROUP if stream == self.requests_key else THINKER_GROUP
+
+        def ack(client: redis.Redis) -> None:
+            pipe = client.pipeline(transaction=False)
+            pipe.xack(stream, group, *ids)
+            pipe.xdel(stream, *ids)
+            pipe.execute()
+
+        with contextlib.suppress(_MissingGroup):  # the group and its pending entries are gone
+            self._call("acknowledge", ack)
+
+    # --- client side: sending requests, receiving results -------------------------------------
+
+    def _send_request(self, parts: Sequence[Frame]) -> None:
+        data = join(parts)
+        self._call("send a request",
+                   lambda client: client.xadd(self.requests_key, {PAYLOAD_FIELD: data}))
+
+    def _recv_result(self, timeout: float | None) -> Buffer | None:
+        if self._result_buffer:
+            return self._result_buffer.popleft()
+        block = _RESULT_BLOCK if timeout is None else min(timeout, _RESULT_BLOCK)
+        try:
+            self._ensure_result_groups()
+            if self._resync_results:
+                self._resync_results = False
+                self._read_results("0", None)
+            if not self._result_buffer:
+                self._read_results(">", block)
+        except _MissingGroup:
+            return None
+        return self._result_buffer.popleft() if self._result_buffer else None
+
+    def _ensure_result_groups(self) -> None:
+        if self._result_groups_ready:
+            return
+
+        def create(client: redis.Redis) -> None:
+            for stream in [*map(self.results_key, self.topics), self._wake_key()]:
+                self._create_group(client, stream, THINKER_GROUP)
+
+        self._call("create the result groups", create)
+        self._result_groups_ready = True
+
+    def _read_results(self, start: str, block: float | None) -> None:
+        """Read results into the buffer, acknowledging and deleting the previous batch.
+
+        The acknowledgement rides in the same round trip as the next read: the previous batch
+        was handed over already, so nothing is lost if this process dies in between. `start`
+        is ``'>'`` for new entries, or ``'0'`` for entries this consumer read but may never have
+        seen (the reply was lost when the connection dropped).
+        """
+        streams = {self.results_key(topic): start for topic in self.topics}
+        streams[self._wake_key()] = start
+        done = {stream: ids for stream, ids in self._unacked_results.items() if ids}
+
+        def read(client: redis.Redis) -> Any:
+            pipe = client.pipeline(transaction=False)
+            for stream, ids in done.items():
+                pipe.xack(stream, THINKER_GROUP, *ids)
+                pipe.xdel(stream, *ids)
+            pipe.xreadgroup(THINKER_GROUP, self._consumer, streams,  # type: ignore[arg-type]
+                            count=_RESULT_BATCH, block=_block_ms(block))
+            return pipe.execute()[-1]
+
+        reply = self._call("read results", read)
+        self._unacked_results = {}
+        for raw_stream, entries in cast(list[Any], reply or []):
+            stream = raw_stream.decode()
+            ids = self._unacked_results.setdefault(stream, [])
+            for entry_id, fields in entries:
+                ids.append(entry_id)
+                data = (fields or {}).get(PAYLOAD_FIELD)
+                if data is not None and stream != self._wake_key():
+                    self._result_buffer.append(data)
+
+    def _wake_receiver(self) -> None:
+        if not self._result_groups_ready:
+            return
+        try:  # no retry: this is called while closing
+            self._redis().xadd(self._wake_key(), {PAYLOAD_FIELD: b""})
+        except redis.exceptions.RedisError as exc:
+            logger.debug("could not wake the result receiver: %s", exc)
+
+    def _published_methods(self) -> frozenset[str] | None:
+        if self._published is None:
+            raw = self._call("read the method names",
+                             lambda client: client.get(self.methods_key))
+            if raw is not None:
+                self._published = frozenset(json.loads(cast(bytes, raw)))
+        return self._published
+
+    def _publish_methods(self, names: frozenset[str]) -> None:
+        payload = json.dumps(sorted(names))
+        self._call("publish the method names",
+                   lambda client: client.set(self.methods_key, payload))
+
+    # --- server side: receiving requests, sending results -------------------------------------
+
+    def get_task(self, timeout: float | None = None) -> Message | None:
+        """Next request (or kill signal); remembers its stream entry for :meth:`request_done`.
+
+        Kill signals, and messages the base class rejected, are deleted from the stream at once.
+        """
+        message = super().get_task(timeout)
+        entry = self._take_pending_verdict()
+        if message is not None and entry is not None:
+            if message.kind is Kind.KILL or message.result is None:
+                self._release([entry])
+            else:
+                with self._state_lock:
+                    self._inflight[message.result.task_id] = entry
+        return message
+
+    def request_done(self, task_id: str) -> None:
+        """Acknowledge and delete the request of a finished task, so no one runs it again."""
+        with self._state_lock:
+            entry = self._inflight.pop(task_id, None)
+        if entry is None:
+            logger.debug("request_done for task %s, which this server did not receive", task_id)
+            return
+        self._release([entry])
+
+    def _release(self, entries: list[bytes]) -> None:
+        self._ack(self.requests_key, entries)
+        with self._state_lock:
+            self._held.difference_update(entries)
+
+    def _take_pending_verdict(self) -> bytes | None:
+        entry: bytes | None = getattr(self._thread_state, "entry", None)
+        self._thread_state.entry = None
+        return entry
+
+    def _recv_request(self, timeout: float | None) -> Buffer | None:
+        rejected = self._take_pending_verdict()
+        if rejected is not None:  # get_task did not accept the last message: drop it for good
+            logger.debug("deleting rejected request entry %s", rejected.decode())
+            self._release([rejected])
+        deadline = None if timeout is None else monotonic() + timeout
+        while not self._stop.is_set():
+            try:
+                self._ensure_request_group()
+                self._start_heartbeat()
+                if not self._claimed:
+                    self._claim_stale()
+                if not self._claimed and self._resync_requests:
+                    self._resync_own_requests()
+                if self._claimed:
+                    return self._hand_out(*self._claimed.popleft())
+                remaining = None if deadline is None else max(0.0, deadline - monotonic())
+                block = _REQUEST_BLOCK if remaining is None else min(remaining, _REQUEST_BLOCK)
+                if self.claim_idle > 0:
+                    block = min(block, max(self.claim_idle / 2, 0.05))
+                block_ms = _block_ms(block)
+                reply = self._call("read requests", lambda client: client.xreadgroup(
+                    SERVER_GROUP, self._consumer, {self.requests_key: ">"},
+                    count=1, block=block_ms))  # noqa: B023 (called at once, inside the loop)
+            except _MissingGroup:
+                continue
+            for _, entries in cast(list[Any], reply or []):
+                for entry, fields in entries:
+                    data = (fields or {}).get(PAYLOAD_FIELD)
+                    if data is None:
+                        self._ack(self.requests_key, [entry])
+                        continue
+                    return self._hand_out(entry, data)
+            if deadline is not None and monotonic() >= deadline:
+                return None
+        return None  # closed
+
+    def _hand_out(self, entry: bytes, data: bytes) -> bytes:
+        with self._state_lock:
+            self._held.add(entry)
+        self._thread_state.entry = entry
+        return data
+
+    def _ensure_request_group(self) -> None:
+        if not self._request_group_ready:
+            self._call("create the server group", lambda client: self._create_group(
+                client, self.requests_key, SERVER_GROUP))
+            self._request_group_ready = True
+
+    def _claim_stale(self) -> None:
+        """Take over requests that a silent server held longer than `claim_idle` seconds."""
+        now = monotonic()
+        if now < self._next_claim:
+            return
+        self._next_claim = now + max(self.claim_idle / 2, 0.05)
+        start: bytes | str = "0-0"
+        for _ in range(64):  # bounded: a huge backlog is taken over a batch at a time
+            reply = self._call("claim stale requests", functools.partial(self._autoclaim, start))
+            start, entries = cast(list[Any], reply)[:2]
+            with self._state_lock:
+                mine = set(self._held)
+            for entry, fields in entries:
+                data = (fields or {}).get(PAYLOAD_FIELD)
+                if entry in mine:
+                    continue  # ours and still running: the claim only refreshed it
+                if data is None:
+                    self._ack(self.requests_key, [entry])
+                    continue
+                logger.warning("took over request entry %s from a server silent for %g s or "
+                               "more", entry.decode(), self.claim_idle)
+                self._claimed.append((entry, data))
+            if start in (b"0-0", "0-0"):
+                break
+
+    def _autoclaim(self, start: bytes | str, client: redis.Redis) -> Any:
+        return client.xautoclaim(
+            self.requests_key, SERVER_GROUP, self._consumer,
+            min_idle_time=int(self.claim_idle * 1000), start_id=start, count=_CLAIM_BATCH)
+
+    def _resync_own_requests(self) -> None:
+        """After a reconnection, pick up requests read whose reply was lost on the way."""
+        with self._resync_lock:
+            if not self._resync_requests:
+                return
+            reply = self._call("re-read pending requests", lambda client: client.xreadgroup(
+                SERVER_GROUP, self._consumer, {self.requests_key: "0"}))
+            with self._state_lock:
+                mine = set(self._held)
+            for _, entries in cast(list[Any], reply or []):
+                for entry, fields in entries:
+                    data = (fields or {}).get(PAYLOAD_FIELD)
+                    if entry in mine:
+                        continue
+                    if data is None:
+                        self._ack(self.requests_key, [entry])
+                    else:
+                        logger.info("recovered request entry %s after reconnecting",
+                                    entry.decode())
+                        self._claimed.append((entry, data))
+            self._resync_requests = False
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            with self._state_lock:
+                if self._heartbeat is None:
+                    self._heartbeat = threading.Thread(
+                        target=self._refresh_held, name="steersman-redis-heartbeat", daemon=True)
+                    self._heartbeat.start()
+
+    def _refresh_held(self) -> None:
+        """Keep the idle time of the requests this server runs short, so none is taken over."""
+        interval = max(self.claim_idle / 3, 0.05)
+        while not self._stop.wait(interval):
+            try:
+                self._refresh_once()
+            except redis.exceptions.RedisError as exc:
+                logger.warning("could not refresh running requests on Redis at %s: %s",
+                               self.address, exc)
+
+    def _refresh_once(self) -> None:
+        with self._state_lock:
+            held = list(self._held)
+        if not held:
+            return
+        client = self._redis()
+        owned = {row["message_id"] for row in client.xpending_range(
+            self.requests_key, SERVER_GROUP, min="-", max="+", count=len(held) + 1000,
+            consumername=self._consumer)}
+        # A request another server took over stays with it: do not steal it back.
+        mine = [entry for entry in held if entry in owned]
+        if mine:
+            client.xclaim(self.requests_key, SERVER_GROUP, self._consumer, min_idle_time=0,
+                          message_ids=list[Any](mine), justid=True)
+
+    def _send_result(self, topic: str, parts: Sequence[Frame]) -> None:
+        data = join(parts)
+        self._call("send a result", lambda client: client.xadd(
+            self.results_key(topic), {PAYLOAD_FIELD: data}))
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the background threads and drop the connection; Redis keeps the streams.
+
+        Requests this server received but did not finish stay pending, for another server.
+        """
+        self._stop.set()  # first: a reconnecting receiver gives up at once
+        super().close()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+        if self._client is not None:
+            for stream, ids in self._unacked_results.items():  # the receiver has stopped
+                if ids:
+                    with contextlib.suppress(redis.exceptions.RedisError):
+                        self._client.xack(stream, THINKER_GROUP, *ids)
+                        self._client.xdel(stream, *ids)
+            self._unacked_results = {}
+            if self._result_groups_ready:
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    self._client.delete(self._wake_key())
+            self._client.close()
+
+    def purge(self) -> int:
+        """Delete every key of this campaign (streams, method names); returns how many."""
+        pattern = f"{self.prefix}:*"
+
+        def delete(client: redis.Redis) -> int:
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            return int(cast(int, client.delete(*keys))) if keys else 0
+
+        return self._call("delete the campaign's keys", delete)
+
+
+def new_prefix() -> str:
+    """A key prefix of its own for a new campaign."""
+    return f"steersman:{uuid.uuid4().hex}"
+
+
+def make_queue_pairs(
+    hostname: str,
+    port: int = 6379,
+    topics: Iterable[str] = (),
+    serialization_method: str | SerializationMethod = SerializationMethod.PICKLE,
+    keep_inputs: bool = True,
+    methods: Iterable[str] | None = None,
+    key: bytes | str | None = None,
+    prefix: str | None = None,
+    **options: Any,
+) -> tuple[RedisQueues, RedisQueues]:
+    """Queues for the thinker and for the task server that talk to each other through Redis.
+
+    Both share one key prefix (a new unique one unless given). `options` are the connection
+    options of :class:`RedisQueues` (password, username, db, ssl, ...).
+    """
+    prefix = prefix if prefix is not None else new_prefix()
+    topics = [topics] if isinstance(topics, str) else list(topics)
+    methods = list(methods) if methods is not None else None
+    client, server = (
+        RedisQueues(hostname, port, topics, serialization_method, keep_inputs, methods, key,
+                    prefix, **options)
+        for _ in range(2)
+    )
+    return client, server
+
+
+def _block_ms(seconds: float | None) -> int | None:
+    """BLOCK argument of a read: None does not block; 0 would block forever, so never use it."""
+    if seconds is None or seconds <= 0:
+        return None
+    return max(1, math.ceil(seconds * 1000))

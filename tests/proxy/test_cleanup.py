@@ -1,0 +1,90 @@
+"""No store is left growing: every object the queues store is evicted once it is not needed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from proxystore.store import Store
+
+from steersman import PipeQueues
+from steersman.exceptions import TaskServerDied
+
+Count = Callable[[Store[Any]], int]
+pytestmark = pytest.mark.timeout(40)
+BIG = np.arange(40_000, dtype=float)
+THRESHOLD = 100_000
+
+
+def new_queues(**options: Any) -> PipeQueues:
+    """Pipe queues without a server, for tests that only send and close."""
+    return PipeQueues(**options)
+
+
+def campaign(queues: PipeQueues) -> list[Any]:
+    """Every kind of task: echoes with and without inputs kept, failures, retries, streams."""
+    sent = [
+        *({"args": (BIG + i,), "method": "echo", "keep_inputs": bool(i % 2)} for i in range(6)),
+        {"args": (BIG,), "method": "fail"},
+        {"args": (BIG,), "method": "fail", "max_retries": 1},
+        {"args": (3, 20_000), "method": "count_up"},
+    ]
+    for task in sent:
+        queues.send_inputs(*task.pop("args"), topic="big", **task)
+    results = []
+    while queues.active_count:
+        result = queues.get_result("big", timeout=20)
+        assert result is not None, "a result did not arrive"
+        results.append(result)
+    return results
+
+
+@pytest.mark.parametrize("store", ["file_store", "redis_store"])
+def test_a_campaign_leaves_its_store_empty(
+    serve: Callable[..., PipeQueues], store: str, request: pytest.FixtureRequest,
+    stored_objects: Count,
+) -> None:
+    store_obj: Store[Any] = request.getfixturevalue(store)
+    queues = serve(proxystore_name=store_obj.name, proxystore_threshold=THRESHOLD)
+    results = campaign(queues)
+    assert stored_objects(store_obj) == 0
+    assert queues._proxies is not None and queues._proxies.outstanding == 0
+    echoes = [r for r in results if r.method == "echo"]
+    assert len(echoes) == 6 and all(r.success for r in echoes)
+    assert sorted(float(r.value[0]) for r in echoes) == [0, 1, 2, 3, 4, 5]
+    failures = [r for r in results if r.method == "fail"]
+    # The retried task still found its input: inputs live until the final result.
+    assert all("task failed on purpose" in r.failure_info.exception for r in failures)
+    assert [r.retries for r in failures if r.max_retries] == [1]
+    stream = [r for r in results if r.method == "count_up"]
+    assert [float(r.value[0]) for r in stream if r.complete is False] == [0, 1, 2]
+    assert all(r.message_sizes.get("value_proxied") for r in stream if r.complete is False)
+
+
+def test_close_evicts_inputs_of_tasks_that_never_came_back(
+    file_store: Store[Any], stored_objects: Count
+) -> None:
+    queues = new_queues(topics=["big"], proxystore_name=file_store.name,
+                        proxystore_threshold=THRESHOLD)  # no server: nothing comes back
+    queues.send_inputs(BIG, method="echo", topic="big")
+    queues.send_inputs(BIG, method="echo", topic="big")
+    assert stored_objects(file_store) == 2
+    queues.close()
+    assert stored_objects(file_store) == 0
+
+
+def test_inputs_of_a_request_that_could_not_be_sent_are_evicted(
+    file_store: Store[Any], monkeypatch: pytest.MonkeyPatch, stored_objects: Count
+) -> None:
+    queues = new_queues(proxystore_name=file_store.name, proxystore_threshold=THRESHOLD)
+
+    def gone(parts: Any) -> None:
+        raise TaskServerDied("the task server is gone")
+
+    monkeypatch.setattr(queues, "_send_request", gone)
+    with pytest.raises(TaskServerDied):
+        queues.send_inputs(BIG, method="echo")
+    assert stored_objects(file_store) == 0
+    queues.close()
