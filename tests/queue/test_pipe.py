@@ -146,3 +146,31 @@ def test_wait_result_stops_when_told(pipe_queues):
     start = time.perf_counter()
     assert pipe_queues.wait_result("sim", None, stop.is_set) is None
     assert time.perf_counter() - start < 2
+
+
+def test_a_result_delivered_twice_is_processed_once(pipe_queues):
+    """At-least-once transports may redeliver; the thinker sees each task's result once."""
+    def serve_twice() -> None:
+        message = pipe_queues.get_task()
+        result = message.result
+        result.set_result(result.decode_inputs()[0][0])
+        parts = pipe_queues.encode_result(result)
+        pipe_queues.send_encoded_result("default", parts)
+        pipe_queues.send_encoded_result("default", parts)
+
+    server = threading.Thread(target=serve_twice)
+    server.start()
+    pipe_queues.send_inputs(7, method="f")
+    assert pipe_queues.get_result(timeout=10).value == 7
+    assert pipe_queues.get_result(timeout=0.2) is None
+    assert pipe_queues.active_count == 0
+    server.join(5)
+
+
+def test_results_of_tracked_tasks_count_down(pipe_queues):
+    """A resumed campaign tracks requests sent before a restart; their results count down."""
+    pipe_queues.track("abc", "sim")
+    pipe_queues.track("abc", "sim")  # idempotent
+    assert pipe_queues.active_count == 1 and pipe_queues.active_in("sim") == 1
+    with pytest.raises(ValueError, match="unknown topic"):
+        pipe_queues.track("x", "nope")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from time import monotonic, time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Buffer = bytes | bytearray | memoryview
+#: How many recent task ids are remembered to drop results delivered twice (at-least-once).
+DUPLICATE_MEMORY = 100_000
 
 
 class QueueObserver(Protocol):
@@ -90,6 +92,8 @@ class BaseQueues(ABC):
         self._results: dict[str, deque[Result]] = {topic: deque() for topic in self.topics}
         self._active: dict[str, int] = dict.fromkeys(self.topics, 0)
         self._active_total = 0
+        self._outstanding: dict[str, str] = {}  # task id -> topic, sent and not yet returned
+        self._finished: OrderedDict[str, None] = OrderedDict()  # recent ids, to drop duplicates
         self._broken: BaseException | None = None
         self._receiver: threading.Thread | None = None
         self._closing = False
@@ -97,7 +101,8 @@ class BaseQueues(ABC):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         for name in ("_observers", "_lock", "_arrived", "_idle", "_results", "_active",
-                     "_active_total", "_broken", "_receiver", "_closing"):
+                     "_active_total", "_outstanding", "_finished", "_broken", "_receiver",
+                     "_closing"):
             state.pop(name, None)
         return state
 
@@ -206,14 +211,13 @@ class BaseQueues(ABC):
         self._ensure_receiver()
         with self._lock:
             self._raise_if_broken()
-            self._active[topic] += 1
-            self._active_total += 1
+        self.track(result.task_id, topic)
         try:
             for observer in self._observers:  # recorded before it leaves: at-least-once
                 observer.request_sent(result)
             self._send_request(parts)
         except BaseException:
-            self._finish_task(topic)
+            self._finish_task(topic, result.task_id)
             if self._proxies is not None:
                 self._proxies.forget(result.task_id)
             raise
@@ -257,7 +261,7 @@ class BaseQueues(ABC):
         for observer in self._observers:
             observer.result_received(result)
         if result.complete is not False:
-            self._finish_task(topic)
+            self._finish_task(topic, result.task_id)
         return result
 
     def complete_result(self, result: Result) -> None:
@@ -312,8 +316,21 @@ class BaseQueues(ABC):
         """Outstanding tasks on one topic."""
         return self._active[topic]
 
-    def _finish_task(self, topic: str) -> None:
+    def track(self, task_id: str, topic: str) -> None:
+        """Count a task as outstanding; `send_inputs` does it, and so does a resumed campaign
+        for requests sent before a restart whose results may still arrive."""
+        self._check_topic(topic)
         with self._lock:
+            if task_id in self._outstanding:
+                return
+            self._outstanding[task_id] = topic
+            self._active[topic] += 1
+            self._active_total += 1
+
+    def _finish_task(self, topic: str, task_id: str) -> None:
+        with self._lock:
+            if self._outstanding.pop(task_id, None) is None:
+                return  # not sent by this process: nothing to count down
             self._active[topic] -= 1
             self._active_total -= 1
             if self._active[topic] == 0:  # processors of this topic may now be drained
@@ -359,8 +376,21 @@ class BaseQueues(ABC):
             return
         topic = result.topic if result.topic in self._results else "default"
         with self._lock:
+            if result.complete is not False and self._is_duplicate(result.task_id):
+                logger.info("dropped a second result for task %s (delivered twice)",
+                            result.task_id)
+                return
             self._results[topic].append(result)
             self._arrived[topic].notify()
+
+    def _is_duplicate(self, task_id: str) -> bool:
+        """With the lock held: whether a final result for this task was already delivered."""
+        if task_id in self._finished:
+            return True
+        self._finished[task_id] = None
+        if len(self._finished) > DUPLICATE_MEMORY:
+            self._finished.popitem(last=False)
+        return False
 
     def _break(self, exc: BaseException) -> None:
         with self._lock:
