@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -37,7 +38,8 @@ def load(library: str) -> dict[str, Any]:
         "task_submitter": thinker.task_submitter,
         "result_processor": thinker.result_processor,
         "PipeQueues": importlib.import_module(f"{root}.queue.python").PipeQueues,
-        "RedisQueues": lambda **kw: importlib.import_module(f"{root}.queue.redis").RedisQueues(**kw),
+        "RedisQueues": lambda **kw: importlib.import_module(f"{root}.queue.redis").RedisQueues(
+            **kw),
         "LocalTaskServer": importlib.import_module(f"{root}.task_server.local").LocalTaskServer,
     }
 
@@ -83,7 +85,11 @@ def measure(library: str, backend: str, n_tasks: int, in_flight: int, workers: i
     server = names["LocalTaskServer"](queues, [noop], threads=False, num_workers=workers)
     server.start()
     try:
-        extra = {"run_dir": journal_dir} if journal_dir else {}
+        extra: dict[str, Any] = {}
+        if journal_dir:  # a fresh run dir per configuration: an old journal would be resumed
+            os.makedirs(journal_dir, exist_ok=True)
+            extra = {"run_dir": tempfile.mkdtemp(prefix=f"{backend}-k{in_flight}-",
+                                                 dir=journal_dir), "progress": False}
         thinker_class(queues, min(200, n_tasks), in_flight).run()  # warm up workers and imports
         thinker = thinker_class(queues, n_tasks, in_flight, **extra)
         start = time.perf_counter()
@@ -127,7 +133,9 @@ def main() -> None:
     parser.add_argument("--backends", default="pipe,redis", help="pipe, redis or both")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--peer", metavar="PYTHON", help="interpreter with the earlier library")
-    parser.add_argument("--journal", metavar="DIR", help="run the thinker with run_dir=DIR")
+    parser.add_argument("--journal", metavar="DIR", nargs="?", const=tempfile.gettempdir(),
+                        help="journal the thinker: run_dir=a new directory under DIR "
+                        "(default DIR: the system's temporary directory)")
     parser.add_argument("--library", default="steersman", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON line per row")
     args = parser.parse_args()

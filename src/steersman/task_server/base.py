@@ -2,7 +2,10 @@
 
 It runs in its own process (`start()` / `join()` / `exitcode`), or in the calling thread with
 `serve()`. Unknown methods and failed engines come back as failed Results; failed tasks are
-retried up to their `max_retries`; the kill signal stops the loop once running tasks finished.
+retried up to their `max_retries`; a task that outlives its `timeout` fails as timed out (one
+timer thread serves every deadline) and its late result is dropped; the kill signal stops the
+loop once running tasks finished and their results were sent. Engines only run tasks, so all of
+this behaves the same on every engine.
 """
 
 from __future__ import annotations
@@ -12,24 +15,27 @@ import multiprocessing
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from steersman.exceptions import QueueConnectionError, WorkerLost
+from steersman.exceptions import QueueConnectionError, TimeoutException, WorkerLost
 from steersman.models.messages import Flags, Kind, encode, peek
 from steersman.models.methods import TaskMethod, as_method
 from steersman.models.result import Result
 from steersman.queue.base import BaseQueues
+from steersman.task_server.deadlines import Deadlines
 from steersman.task_server.engine import Engine, Parts, WorkerContext
 
 logger = logging.getLogger(__name__)
 
 # Fork keeps functions defined in notebooks and scripts usable as methods; spawn elsewhere.
-_CONTEXT = multiprocessing.get_context(
+_CONTEXT: Any = multiprocessing.get_context(
     "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 )
 
 
-class TaskServer(_CONTEXT.Process):  # type: ignore[name-defined,misc]
+class TaskServer(_CONTEXT.Process):
     """Serve the methods over the queues, running tasks on `engine`.
 
     Args:
@@ -45,6 +51,7 @@ class TaskServer(_CONTEXT.Process):  # type: ignore[name-defined,misc]
         self.methods = _by_name(methods)
         self.engine = engine
         queues.set_methods(self.methods)
+        queues.set_executors(engine.executors)
 
     # --- process life cycle -------------------------------------------------------------------
 
@@ -62,18 +69,21 @@ class TaskServer(_CONTEXT.Process):  # type: ignore[name-defined,misc]
 
     def serve(self) -> None:
         """Serve until the kill signal (or the thinker's disappearance), then clean up."""
-        self._outstanding: dict[str, Future[list[Parts]]] = {}
+        self._outstanding: dict[str, _Attempt] = {}
         self._idle = threading.Condition()
+        self._deadlines: Deadlines[_Attempt] = Deadlines(self._on_timeout)
         self.engine.start(WorkerContext(
             methods=self.methods, key=self.queues.signing_key,
             emit=self._forward_intermediate, in_forked_child=self.queues.on_worker_process,
         ))
-        logger.info("task server ready with methods %s", sorted(self.methods))
+        logger.info("task server ready with methods %s on executors %s", sorted(self.methods),
+                    list(self.engine.executors))
         try:
             self._receive_until_killed()
             with self._idle:
                 self._idle.wait_for(lambda: not self._outstanding)
         finally:
+            self._deadlines.stop()
             self.engine.shutdown()
         logger.info("task server stopped")
 
@@ -94,16 +104,27 @@ class TaskServer(_CONTEXT.Process):  # type: ignore[name-defined,misc]
                 self._dispatch(message.result)
 
     def _dispatch(self, request: Result) -> None:
+        """Hand one attempt of a request to the engine (or fail it at once if it is invalid)."""
         problem = self._check_request(request)
         if problem is not None:
             request.set_failure(problem)
             self._send_final(request, self.queues.encode_result(request))
             return
-        parts = encode(Kind.REQUEST, request, key=self.queues.signing_key)
-        with self._idle:
-            future = self.engine.submit(request, parts)
-            self._outstanding[request.task_id] = future
-        future.add_done_callback(lambda done: self._on_done(request, done))
+        attempt = _Attempt(request)
+        with self._idle:  # replaces the previous attempt of a retried task
+            self._outstanding[request.task_id] = attempt
+        try:
+            future = self.engine.submit(request, encode(Kind.REQUEST, request,
+                                                        key=self.queues.signing_key))
+        except Exception as exc:
+            logger.warning("the engine refused task %s: %r", request.task_id, exc)
+            if self._claim(attempt):
+                self._finish_failed(request, exc, worker_lost=isinstance(exc, WorkerLost))
+            return
+        attempt.future = future
+        if request.timeout is not None:
+            self._deadlines.add(request.timeout, attempt)
+        future.add_done_callback(partial(self._on_done, attempt))
 
     def _check_request(self, request: Result) -> Exception | None:
         if request.method not in self.methods:
@@ -111,28 +132,71 @@ class TaskServer(_CONTEXT.Process):  # type: ignore[name-defined,misc]
                               f"this server offers {sorted(self.methods)}")
         if request.executor is not None and request.executor not in self.engine.executors:
             return ValueError(f"unknown executor {request.executor!r}; "
-                              f"this server has {list(self.engine.executors)}")
+                              f"this server has {sorted(self.engine.executors)}")
         return None
 
-    def _on_done(self, request: Result, future: Future[list[Parts]]) -> None:
+    def _claim(self, attempt: _Attempt) -> bool:
+        """Take ownership of an attempt's outcome; False if the timer or the engine was first."""
+        with self._idle:
+            if attempt.settled or self._outstanding.get(attempt.request.task_id) is not attempt:
+                return False
+            attempt.settled = True
+            return True
+
+    def _on_done(self, attempt: _Attempt, future: Future[list[Parts]]) -> None:
+        request = attempt.request
+        if not self._claim(attempt):
+            logger.debug("dropped the late result of task %s", request.task_id)
+            return
         try:
-            messages = self._messages_of(request, future)
-            *intermediate, final = messages
+            *intermediate, final = self._messages_of(request, future)
             for parts in intermediate:
                 self._forward_intermediate(request.topic, parts)
             _, flags = peek(final[0])
-            if flags & Flags.FAILED and request.retries < request.max_retries:
-                request.retries += 1
-                logger.info("retrying task %s (attempt %d of %d)", request.task_id,
-                            request.retries + 1, request.max_retries + 1)
-                with self._idle:
-                    self._outstanding.pop(request.task_id, None)
-                self._dispatch(request)
+            if flags & Flags.FAILED and self._retry(request):
                 return
             self._send_final(request, final)
         except Exception:
             logger.exception("could not return the result of task %s", request.task_id)
             self._untrack(request)
+
+    def _on_timeout(self, attempt: _Attempt) -> None:
+        if not self._claim(attempt):
+            return
+        request = attempt.request
+        assert attempt.future is not None
+        try:
+            cancelled = self.engine.cancel(attempt.future)
+        except Exception:
+            logger.exception("cancelling timed-out task %s failed", request.task_id)
+            cancelled = False
+        logger.info("task %s (%s) timed out after %s s on attempt %d; %s", request.task_id,
+                    request.method, request.timeout, request.retries + 1,
+                    "cancelled" if cancelled else "left to finish, its result will be dropped")
+        error = TimeoutException(f"task {request.task_id} ({request.method}) exceeded its "
+                                 f"timeout of {request.timeout} s")
+        self._finish_failed(request, error, timed_out=True)
+
+    def _finish_failed(self, request: Result, error: Exception, **flags: bool) -> None:
+        """Fail an attempt the server settled itself: retry it or send the failure."""
+        try:
+            request.set_failure(error, **flags)
+            if not self._retry(request):
+                self._send_final(request, self.queues.encode_result(request))
+        except Exception:
+            logger.exception("could not return the failure of task %s", request.task_id)
+            self._untrack(request)
+
+    def _retry(self, request: Result) -> bool:
+        """Send a failed request again if it has retries left."""
+        if request.retries >= request.max_retries:
+            return False
+        request.retries += 1
+        logger.info("retrying task %s (attempt %d of %d)", request.task_id,
+                    request.retries + 1, request.max_retries + 1)
+        request.success = request.complete = request.failure_info = None
+        self._dispatch(request)
+        return True
 
     def _messages_of(self, request: Result, future: Future[list[Parts]]) -> list[Parts]:
         try:
@@ -159,6 +223,15 @@ class TaskServer(_CONTEXT.Process):  # type: ignore[name-defined,misc]
 
     def _forward_intermediate(self, topic: str, parts: Parts) -> None:
         self.queues.send_encoded_result(topic, parts)
+
+
+@dataclass(eq=False)
+class _Attempt:
+    """One try of a request on the engine; settled once, by its result or by its timeout."""
+
+    request: Result
+    future: Future[list[Parts]] | None = None
+    settled: bool = False
 
 
 def _by_name(methods: Iterable[TaskMethod | Callable[..., Any]]) -> dict[str, TaskMethod]:

@@ -2,11 +2,14 @@
 
 An engine takes encoded request messages and returns, through a Future, the encoded result
 messages a worker produced (intermediate ones first, the final one last). The server loop does
-the rest — method lookup, retries, forwarding results — once for every engine.
+the rest — method lookup, retries, timeouts, forwarding results — once for every engine.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -51,6 +54,73 @@ class Engine(ABC):
     def submit(self, request: Result, parts: Parts) -> Future[list[Parts]]:
         """Run one encoded request; the future gives the encoded result messages."""
 
+    def cancel(self, future: Future[list[Parts]]) -> bool:
+        """Stop a task the server gave up on (timed out); False if the engine cannot.
+
+        The server never delivers a late result of a cancelled task, whatever this returns.
+        """
+        return future.cancel()
+
     @abstractmethod
     def shutdown(self) -> None:
         """Release every worker and process the engine started."""
+
+
+class PriorityGate:
+    """Lets at most `capacity` tasks run; the others wait, highest priority first.
+
+    Engines whose executor runs tasks in arrival order use it to impose our dispatch order.
+    A start function returns False when its task was cancelled while waiting, which frees the
+    slot for the next one.
+
+    Args:
+        capacity: How many tasks may be started and not yet released (None: no limit).
+    """
+
+    def __init__(self, capacity: int | None):
+        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[int, int, Callable[[], bool]]] = []
+        self._order = itertools.count()
+        self._running = 0
+
+    @property
+    def waiting(self) -> int:
+        """Tasks not yet started."""
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Tasks started and not yet released."""
+        return self._running
+
+    def offer(self, priority: int, start: Callable[[], bool]) -> None:
+        """Start the task now if a slot is free, else queue it by priority."""
+        with self._lock:
+            if self.capacity is not None and self._running >= self.capacity:
+                heapq.heappush(self._waiting, (-priority, next(self._order), start))
+                return
+            self._running += 1
+        self._launch(start)
+
+    def release(self) -> None:
+        """A started task finished: start the next waiting one, if any."""
+        start = self._next_or_free()
+        if start is not None:
+            self._launch(start)
+
+    def _next_or_free(self) -> Callable[[], bool] | None:
+        with self._lock:
+            if self._waiting:
+                return heapq.heappop(self._waiting)[2]
+            self._running -= 1
+            return None
+
+    def _launch(self, start: Callable[[], bool] | None) -> None:
+        while start is not None:
+            if start():
+                return
+            start = self._next_or_free()
+
