@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steersman.exceptions import AgentError
 from steersman.queue.base import BaseQueues
 from steersman.thinker.agents import MARK, AgentSpec, run_agent
 from steersman.thinker.events import Flag, as_flag
 from steersman.thinker.resources import ResourceCounter
+
+if TYPE_CHECKING:
+    from steersman.campaign.session import Campaign
 
 #: After one agent fails, how long the others get to notice before `run()` raises anyway.
 FAILURE_GRACE = 0.05
@@ -30,10 +35,16 @@ class BaseThinker(threading.Thread):
             that move slots.
         daemon: Whether the thinker's thread (when started with `start()`) is a daemon.
         logger_name: Prefix of the agents' logger names (default: module and class name).
+        run_dir: Directory to record the campaign in (parameters, results, log, journal) and
+            to resume it from; see :mod:`steersman.campaign`.
+        progress: Live progress display: None for one when stdout is a terminal, True or
+            ``'rich'``, ``'tqdm'``, False.
     """
 
     def __init__(self, queues: BaseQueues, resource_counter: ResourceCounter | None = None,
-                 daemon: bool = True, logger_name: str | None = None):
+                 daemon: bool = True, logger_name: str | None = None,
+                 run_dir: str | os.PathLike[str] | None = None,
+                 progress: bool | str | None = None):
         super().__init__(daemon=daemon, name=type(self).__name__)
         self.queues = queues
         self.rec = resource_counter
@@ -47,6 +58,9 @@ class BaseThinker(threading.Thread):
         self._failure: tuple[str, BaseException] | None = None
         self._barriers: dict[str, threading.Barrier] = {}
         self.done.add_listener(self._wake_waiters)
+        from steersman.campaign.session import attach
+
+        self.campaign: Campaign | None = attach(self, run_dir, progress)
 
     # --- shared objects -----------------------------------------------------------------------
 
@@ -54,6 +68,16 @@ class BaseThinker(threading.Thread):
     def logger(self) -> logging.Logger:
         """The logger of the agent running in this thread (the thinker's outside agents)."""
         return getattr(self.local_details, "logger", self._thinker_logger)
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this thinker continues a campaign journaled in its run_dir."""
+        return self.campaign is not None and self.campaign.resumed
+
+    def save_params(self, **params: Any) -> None:
+        """Record parameters in params.json of the run directory, for the report and resume."""
+        if self.campaign is not None:
+            self.campaign.save_params(params)
 
     @property
     def failed(self) -> bool:
@@ -94,6 +118,15 @@ class BaseThinker(threading.Thread):
         if not agents:
             raise ValueError(f"{type(self).__name__} has no agents: decorate methods with @agent")
         self._check_and_prepare(agents)
+        try:
+            if self.campaign is not None:
+                self.campaign.begin(agents)  # on resume: replay results, resend requests
+            self._run_agents(agents)
+        finally:
+            if self.campaign is not None:
+                self.campaign.end(sys.exc_info()[1])
+
+    def _run_agents(self, agents: list[tuple[str, AgentSpec]]) -> None:
         threads = [self._launch(name, spec) for name, spec in agents]
         for thread in threads:
             thread.start()
@@ -134,6 +167,8 @@ class BaseThinker(threading.Thread):
 
     def _launch(self, name: str, spec: AgentSpec) -> threading.Thread:
         method: Callable[..., Any] = getattr(self, name)
+        if self.campaign is not None:
+            method = self.campaign.wrap_agent(name, spec, method)
         self._running.add(name)
         return threading.Thread(target=self._agent_body, args=(name, spec, method),
                                 name=name, daemon=True)
