@@ -115,4 +115,5 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
     assert values == clean, "the resumed campaign's results differ from a clean run's"
     info = status(run_dir)
     assert info["state"] == "finished" and info["pending"] == 0
-    assert info["sessions"] == kills + 1 - early
+    # a kill right after start-up may land before or after the session is recorded
+    assert kills + 1 - early <= info["sessions"] <= kills + 1

@@ -182,8 +182,8 @@ def test_a_result_of_a_task_finished_before_the_restart_is_dropped(tmp_path: Pat
     assert second.seen[:2] == first.seen  # replayed
     assert len(second.seen) == len(set(second.seen)) == 3
     assert len(_results(tmp_path)) == 3
-    assert second.campaign is not None
-    assert sum(c.duplicates for c in second.campaign.counters.topics.values()) == 1
+    assert second.campaign is not None  # the queues dropped it: the old task is not outstanding
+    assert sum(c.duplicates for c in second.campaign.counters.topics.values()) == 0
 
 
 def test_queues_without_a_thinker_can_be_recorded(tmp_path: Path) -> None:

@@ -117,9 +117,7 @@ def test_result_processor_raising(queues: PipeQueues) -> None:
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("holding", [
     pytest.param(False, id="gathered"),
-    pytest.param(True, id="gathered-and-acquired", marks=pytest.mark.xfail(
-        strict=True, reason="defect: _respond_with_slots waits forever to disperse slots its "
-        "failed responder still holds; run() hangs")),
+    pytest.param(True, id="gathered-and-acquired"),
 ])
 def test_event_responder_raising_with_reallocated_slots(queues: PipeQueues, holding: bool) -> None:
     """A responder fails while its pool holds gathered slots (idle, or acquired by it): run()

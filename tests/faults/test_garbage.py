@@ -141,8 +141,6 @@ def test_garbage_on_redis_reaches_neither_side(
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="defect: TaskServer._receive_until_killed runs any "
-                   "message that carries a Result, whatever its kind (a RESULT is run as a task)")
 def test_a_result_message_on_the_request_channel_is_not_run(pipe_served: PipeQueues) -> None:
     """Only REQUEST messages are tasks: a RESULT message sent to the server is dropped."""
     stray = Result(method="double", inputs=((4,), {}))
@@ -155,9 +153,6 @@ def test_a_result_message_on_the_request_channel_is_not_run(pipe_served: PipeQue
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="defect: BaseQueues._deliver accepts results for task "
-                   "ids this client never sent; active_count goes negative and result "
-                   "processors waiting for active_in(topic) == 0 hang")
 def test_a_result_for_a_task_never_sent_is_dropped(redis_server: Any) -> None:
     """A well-formed result whose task this thinker never sent is not delivered or counted."""
     from steersman.queue.redis import RedisQueues

@@ -86,8 +86,6 @@ def test_rogue_writer_on_redis_is_rejected_end_to_end(
     assert not serving.is_alive()
 
 
-@pytest.mark.xfail(strict=True, reason="missing: no environment variable (STEERSMAN_KEY) is "
-                   "read for the signing key; it must be passed as key= in code")
 def test_signing_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Queues built without key= sign with STEERSMAN_KEY when it is set."""
     monkeypatch.setenv("STEERSMAN_KEY", KEY)

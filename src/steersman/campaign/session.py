@@ -33,7 +33,6 @@ from pathlib import Path
 from time import time
 from typing import TYPE_CHECKING, Any
 
-from steersman.campaign import queue_compat
 from steersman.campaign.journal import JournalWriter, Record, RecordKind, read_journal
 from steersman.campaign.progress import Counters, Display, choose_mode, make_display
 from steersman.campaign.rundir import (
@@ -211,8 +210,6 @@ class Recording:
             logger.warning("dropped a duplicate result of task %s (topic %s)", result.task_id,
                            topic)
             self.counters.duplicate(topic)
-            if final and self.queues is not None:
-                queue_compat.expect_extra_result(self.queues, topic)
             return False
         if final:
             self.counters.received(topic, bool(result.success))
@@ -593,7 +590,7 @@ class Campaign:
         if recording is None:
             return
         request.timestamp.created = time()
-        queue_compat.resend(self.thinker.queues, request)
+        self.thinker.queues.resend(request)
         recording.journal.append(RecordKind.RESENT, [request.task_id])
         self.counters.sent(request.topic)
 

@@ -8,9 +8,10 @@ polling — lives here once.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from abc import ABC, abstractmethod
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from time import monotonic, time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Buffer = bytes | bytearray | memoryview
-#: How many recent task ids are remembered to drop results delivered twice (at-least-once).
-DUPLICATE_MEMORY = 100_000
+#: Environment variable holding the message-signing key when none is given in code.
+KEY_VARIABLE = "STEERSMAN_KEY"
 
 
 class QueueObserver(Protocol):
@@ -49,7 +50,8 @@ class BaseQueues(ABC):
         methods: Method names the server offers, to reject unknown names at ``send_inputs``.
             Task servers register their methods here when built in the same process.
         key: Secret for signing messages (HMAC-SHA256); when set, unsigned or badly signed
-            messages are rejected before decoding.
+            messages are rejected before decoding. Defaults to the ``STEERSMAN_KEY``
+            environment variable, so the thinker, servers and workers share it without code.
         proxystore_name: ProxyStore store (registered name or ``Store``) that carries large
             values by reference: one for every topic, or a dict per topic (topics missing from
             the dict never proxy). See :mod:`steersman.proxy`.
@@ -75,6 +77,8 @@ class BaseQueues(ABC):
         self.serialization_method = SerializationMethod.parse(serialization_method)
         self.keep_inputs = keep_inputs
         self._methods: frozenset[str] | None = frozenset(methods) if methods is not None else None
+        if key is None:
+            key = os.environ.get(KEY_VARIABLE) or None
         self._key: bytes | None = key.encode() if isinstance(key, str) else key
         self._observers: list[QueueObserver] = []
         self._kill_sent = False
@@ -92,8 +96,7 @@ class BaseQueues(ABC):
         self._results: dict[str, deque[Result]] = {topic: deque() for topic in self.topics}
         self._active: dict[str, int] = dict.fromkeys(self.topics, 0)
         self._active_total = 0
-        self._outstanding: dict[str, str] = {}  # task id -> topic, sent and not yet returned
-        self._finished: OrderedDict[str, None] = OrderedDict()  # recent ids, to drop duplicates
+        self._outstanding: dict[str, str] = {}  # task id -> topic, sent and not yet delivered
         self._broken: BaseException | None = None
         self._receiver: threading.Thread | None = None
         self._closing = False
@@ -101,8 +104,7 @@ class BaseQueues(ABC):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         for name in ("_observers", "_lock", "_arrived", "_idle", "_results", "_active",
-                     "_active_total", "_outstanding", "_finished", "_broken", "_receiver",
-                     "_closing"):
+                     "_active_total", "_outstanding", "_broken", "_receiver", "_closing"):
             state.pop(name, None)
         return state
 
@@ -261,7 +263,7 @@ class BaseQueues(ABC):
         for observer in self._observers:
             observer.result_received(result)
         if result.complete is not False:
-            self._finish_task(topic, result.task_id)
+            self._finish_task(topic)
         return result
 
     def complete_result(self, result: Result) -> None:
@@ -316,9 +318,23 @@ class BaseQueues(ABC):
         """Outstanding tasks on one topic."""
         return self._active[topic]
 
+    def resend(self, request: Result) -> None:
+        """Send a request again with its own task id (a resumed campaign's lost requests)."""
+        self._check_topic(request.topic)
+        parts = encode(Kind.REQUEST, request, key=self._key)
+        self._ensure_receiver()
+        self.track(request.task_id, request.topic)
+        try:
+            self._send_request(parts)
+        except BaseException:
+            self._finish_task(request.topic, request.task_id)
+            raise
+
     def track(self, task_id: str, topic: str) -> None:
         """Count a task as outstanding; `send_inputs` does it, and so does a resumed campaign
-        for requests sent before a restart whose results may still arrive."""
+        for requests sent before a restart whose results may still arrive. Only results of
+        outstanding tasks are delivered: a result delivered twice, or one for a task this
+        process never sent, is dropped."""
         self._check_topic(topic)
         with self._lock:
             if task_id in self._outstanding:
@@ -327,10 +343,11 @@ class BaseQueues(ABC):
             self._active[topic] += 1
             self._active_total += 1
 
-    def _finish_task(self, topic: str, task_id: str) -> None:
+    def _finish_task(self, topic: str, task_id: str | None = None) -> None:
+        """Count down a task whose final result was taken (or whose sending failed)."""
         with self._lock:
-            if self._outstanding.pop(task_id, None) is None:
-                return  # not sent by this process: nothing to count down
+            if task_id is not None:
+                self._outstanding.pop(task_id, None)
             self._active[topic] -= 1
             self._active_total -= 1
             if self._active[topic] == 0:  # processors of this topic may now be drained
@@ -374,23 +391,17 @@ class BaseQueues(ABC):
         if message.kind is not Kind.RESULT or result is None:
             logger.error("dropped a %s message on the result channel", message.kind.name)
             return
-        topic = result.topic if result.topic in self._results else "default"
         with self._lock:
-            if result.complete is not False and self._is_duplicate(result.task_id):
-                logger.info("dropped a second result for task %s (delivered twice)",
-                            result.task_id)
+            expected = self._outstanding.get(result.task_id)
+            if expected is None:
+                logger.warning("dropped a result for task %s: not outstanding (delivered twice, "
+                               "or never sent by this client)", result.task_id)
                 return
+            if result.complete is not False:
+                del self._outstanding[result.task_id]  # a second final result will be dropped
+            topic = expected
             self._results[topic].append(result)
             self._arrived[topic].notify()
-
-    def _is_duplicate(self, task_id: str) -> bool:
-        """With the lock held: whether a final result for this task was already delivered."""
-        if task_id in self._finished:
-            return True
-        self._finished[task_id] = None
-        if len(self._finished) > DUPLICATE_MEMORY:
-            self._finished.popitem(last=False)
-        return False
 
     def _break(self, exc: BaseException) -> None:
         with self._lock:
@@ -421,6 +432,10 @@ class BaseQueues(ABC):
                 message = decode(data, key=self._key)
             except MessageError as exc:
                 logger.error("rejected a request message: %s", exc)
+                continue
+            if message.kind not in (Kind.REQUEST, Kind.KILL) or (
+                    message.kind is Kind.REQUEST and message.result is None):
+                logger.error("rejected a %s message on the request channel", message.kind.name)
                 continue
             if message.result is not None:
                 message.result.timestamp.input_received = time()

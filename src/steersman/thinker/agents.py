@@ -159,12 +159,18 @@ def _respond_with_slots(thinker: BaseThinker, method: Callable[[], Any],
                                 name=f"{threading.current_thread().name}-gather",
                                 args=(thinker, options, stop))
     gatherer.start()
+    failed = False
     try:
         method()
+    except BaseException:
+        failed = True
+        raise
     finally:
         stop.set()
         gatherer.join()
         thinker.done.remove_listener(stop.set)
+        if failed:  # slots the responder acquired would otherwise never be idle again
+            rec.reclaim(options["gather_to"])
         if options["gather_to"] != options["disperse_to"]:  # None disperses to unallocated
             rec.reallocate(options["gather_to"], options["disperse_to"], "all",
                            cancel_if=thinker.done)

@@ -107,6 +107,27 @@ class ResourceCounter:
             self._changed.notify_all()
         self._notify()
 
+    def reclaim(self, task: Pool) -> int:
+        """Mark every acquired slot of a pool idle again, because whoever held them failed.
+
+        Returns:
+            How many slots were reclaimed.
+        """
+        self._check_pool(task)
+        with self._lock:
+            busy = self._allocated[task] - self._available[task]
+            self._available[task] = self._allocated[task]
+            self._changed.notify_all()
+        if busy:
+            logger.warning("reclaimed %d slot(s) of pool %r from a failed agent", busy, task)
+            self._notify()
+        return busy
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling a listener added with :meth:`add_listener`."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def reallocate(self, task_from: Pool, task_to: Pool, n_slots: int | Literal["all"],
                    block: bool = True, callback: Callable[[], None] | None = None,
                    timeout: float | None = None,
