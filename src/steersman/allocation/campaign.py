@@ -142,6 +142,15 @@ class CampaignAllocator:
         slots = int(getattr(result, "task_info", {}).get("slots", 1))
         self.observe(str(pool), float(seconds), slots)
 
+    # The queue-observer contract, so a thinker can feed the allocator every result it receives.
+
+    def request_sent(self, result: Any) -> None:
+        """Nothing to learn from a request."""
+
+    def result_received(self, result: Any) -> None:
+        """Learn from every result the thinker receives."""
+        self.observe_result(result)
+
     def set_workload(self, pool: str, pending: float | None) -> None:
         """Tasks still to run in `pool` (None: unknown)."""
         if pending is not None and not (pending >= 0 and math.isfinite(pending)):

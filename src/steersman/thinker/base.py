@@ -16,6 +16,7 @@ from steersman.thinker.events import Flag, as_flag
 from steersman.thinker.resources import ResourceCounter
 
 if TYPE_CHECKING:
+    from steersman.allocation.campaign import CampaignAllocator
     from steersman.campaign.session import Campaign
 
 #: After one agent fails, how long the others get to notice before `run()` raises anyway.
@@ -39,15 +40,21 @@ class BaseThinker(threading.Thread):
             to resume it from; see :mod:`steersman.campaign`.
         progress: Live progress display: None for one when stdout is a terminal, True or
             ``'rich'``, ``'tqdm'``, False.
+        allocator: Re-splits the resource counter's slots among its pools while the campaign
+            runs, learning from every result (see :class:`~steersman.allocation.CampaignAllocator`).
     """
 
     def __init__(self, queues: BaseQueues, resource_counter: ResourceCounter | None = None,
                  daemon: bool = True, logger_name: str | None = None,
                  run_dir: str | os.PathLike[str] | None = None,
-                 progress: bool | str | None = None):
+                 progress: bool | str | None = None,
+                 allocator: CampaignAllocator | None = None):
         super().__init__(daemon=daemon, name=type(self).__name__)
         self.queues = queues
         self.rec = resource_counter
+        self.allocator = allocator
+        if allocator is not None and allocator.counter is not resource_counter:
+            raise ValueError("the allocator must manage this thinker's resource_counter")
         self.done = Flag()
         self.local_details = threading.local()
         self.error: AgentError | None = None
@@ -118,13 +125,23 @@ class BaseThinker(threading.Thread):
         if not agents:
             raise ValueError(f"{type(self).__name__} has no agents: decorate methods with @agent")
         self._check_and_prepare(agents)
+        self._start_allocator()
         try:
             if self.campaign is not None:
                 self.campaign.begin(agents)  # on resume: replay results, resend requests
             self._run_agents(agents)
         finally:
+            if self.allocator is not None:
+                self.queues.remove_observer(self.allocator)
             if self.campaign is not None:
                 self.campaign.end(sys.exc_info()[1])
+
+    def _start_allocator(self) -> None:
+        if self.allocator is None:
+            return
+        self.queues.add_observer(self.allocator)
+        threading.Thread(target=self.allocator.run, args=(self.done,), daemon=True,
+                         name=f"{self.name}-allocator").start()
 
     def _run_agents(self, agents: list[tuple[str, AgentSpec]]) -> None:
         threads = [self._launch(name, spec) for name, spec in agents]
