@@ -42,3 +42,15 @@ class AgentError(SteersmanError, RuntimeError):
         super().__init__(f"agent {agent!r} failed: {error!r}")
         self.agent = agent
         self.error = error
+
+
+class ProxyFetchError(SteersmanError, RuntimeError):
+    """A value passed by reference could not be fetched from its ProxyStore store."""
+
+
+class RunDirectoryBusy(SteersmanError, RuntimeError):
+    """Another live process holds the run directory."""
+
+
+class AllocationTimeout(SteersmanError, TimeoutError):
+    """A blocking invade did not get its minimum number of cores in time."""

@@ -24,17 +24,13 @@ from typing import Any
 from steersman.allocation.channels import ClientChannel, Message, connect
 from steersman.allocation.constraints import Constraint
 from steersman.allocation.curves import Curve, curve_from_spec
-from steersman.exceptions import SteersmanError
+from steersman.exceptions import AllocationTimeout
 
 __all__ = ["AllocationClient", "AllocationTimeout"]
 
 logger = logging.getLogger(__name__)
 
 CurveLike = Curve | Mapping[str, Any] | Sequence[Sequence[float]] | None
-
-
-class AllocationTimeout(SteersmanError, TimeoutError):
-    """A blocking invade did not get its minimum number of cores in time."""
 
 
 class AllocationClient:

@@ -27,7 +27,7 @@ from pathlib import Path
 from time import time
 from typing import Any
 
-from steersman.exceptions import SteersmanError
+from steersman.exceptions import RunDirectoryBusy
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ JOURNAL = "journal.bin"
 ALLOCATION = "allocation.jsonl"
 LOCK = ".lock"
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
-
-
-class RunDirectoryBusy(SteersmanError, RuntimeError):
-    """Another live process holds the run directory."""
 
 
 # --- how the campaign was launched (set by `steersman run` / `resume`) ------------------------

@@ -20,6 +20,7 @@ from proxystore.store.config import StoreConfig
 from proxystore.store.exceptions import ProxyResolveMissingKeyError
 from proxystore.store.factory import StoreFactory
 
+from steersman.exceptions import ProxyFetchError
 from steersman.models.serialization import Frame
 from steersman.proxy._blob import blob_parts, decode_blob, encode_blob
 
@@ -72,14 +73,14 @@ def resolve(proxy: Any) -> Any:
     """The plain object behind a steersman proxy (waits for a prefetch under way).
 
     Raises:
-        RuntimeError: Naming the store and key, when the object cannot be fetched.
+        ProxyFetchError: Naming the store and key, when the object cannot be fetched.
     """
     try:
         return extract(proxy)
     except Exception as exc:
         name, key = key_of(proxy)
         cause = exc.__cause__ if exc.__cause__ is not None else exc
-        raise RuntimeError(f"could not fetch {key!r} from ProxyStore store {name!r}: "
+        raise ProxyFetchError(f"could not fetch {key!r} from ProxyStore store {name!r}: "
                            f"{cause!r}") from exc
 
 
