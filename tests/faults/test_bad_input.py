@@ -121,14 +121,19 @@ def test_unknown_pool_and_releasing_slots_never_acquired() -> None:
 
 
 @pytest.mark.timeout(10)
-def test_reallocating_from_an_empty_pool_gives_up_after_its_timeout() -> None:
-    """An empty pool cannot give slots: reallocate returns False after `timeout`, moves nothing."""
+def test_reallocating_from_an_empty_pool_with_a_timeout_is_refused() -> None:
+    """An empty pool cannot give slots: with a timeout that is a clear error at once, nothing
+    moves; a pool that holds the slots but has them busy still waits out its timeout."""
     rec = ResourceCounter(4, ["sim", "ml"])
     before = rec.snapshot()
+    with pytest.raises(ValueError, match="from pool 'ml': it holds 0"):
+        rec.reallocate("ml", "sim", 2, timeout=0.1)
+    assert rec.snapshot() == before
+    rec.reallocate(None, "ml", 2)
+    rec.acquire("ml", 2)
     start = time.perf_counter()
     assert rec.reallocate("ml", "sim", 2, timeout=0.1) is False
     assert 0.1 <= time.perf_counter() - start < 1.0
-    assert rec.snapshot() == before
     with pytest.raises(ValueError, match="cannot move 5 slots: the counter has 4"):
         rec.reallocate(None, "sim", 5, timeout=0.1)
 

@@ -140,7 +140,9 @@ class ResourceCounter:
             n_slots: How many, or ``'all'`` for every slot allocated to `task_from` now.
             block: Wait for the move; otherwise do it in a background thread and return True.
             callback: Called after the move completes.
-            timeout: Give up after this many seconds (returns False).
+            timeout: Give up after this many seconds (returns False). With a timeout, asking
+                for more slots than `task_from` holds is a ValueError at once: only another
+                reallocation could fill the pool, and that is not what a timeout waits for.
             cancel_if: Give up when this event is set (returns False).
         """
         self._check_pool(task_from)
@@ -150,6 +152,11 @@ class ResourceCounter:
         _check_count(n_slots, "n_slots")
         if n_slots > self.total_slots:
             raise ValueError(f"cannot move {n_slots} slots: the counter has {self.total_slots}")
+        held = self._allocated[task_from]
+        if timeout is not None and n_slots > held:
+            raise ValueError(f"cannot move {n_slots} slots from pool {task_from!r}: it holds "
+                             f"{held}; waiting with a timeout cannot fill it (move slots into "
+                             "it first, or wait without a timeout)")
         if not block:
             threading.Thread(
                 target=self.reallocate, daemon=True, name=f"reallocate-{task_from}-{task_to}",
