@@ -249,6 +249,17 @@ def test_methods_published_by_a_server_validate_names_elsewhere(
     client.send_inputs(1, method="train")
 
 
+def test_executors_published_by_a_server_validate_names_elsewhere(
+    pair: tuple[RedisQueues, RedisQueues],
+) -> None:
+    client, server = pair
+    client.send_inputs(1, method="anything", executor="gpu")  # nothing published yet: accepted
+    server.set_executors(["cpu", "gpu"])
+    with pytest.raises(ValueError, match=r"unknown executor 'tpu'.*\['cpu', 'gpu'\]"):
+        client.send_inputs(1, method="anything", executor="tpu")
+    client.send_inputs(1, method="anything", executor="cpu")
+
+
 def test_json_serialization(redis_server: Any) -> None:
     client, server = make_queue_pairs(redis_server.host, redis_server.port,
                                       serialization_method="json", keep_inputs=False)

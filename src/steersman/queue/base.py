@@ -81,6 +81,7 @@ class BaseQueues(ABC):
             key = os.environ.get(KEY_VARIABLE) or None
         self._key: bytes | None = key.encode() if isinstance(key, str) else key
         self._observers: list[QueueObserver] = []
+        self._executors: frozenset[str] | None = None
         self._kill_sent = False
         self._proxies = parse_proxy_options(proxystore_name, proxystore_threshold, self.topics,
                                             self.serialization_method)
@@ -148,12 +149,13 @@ class BaseQueues(ABC):
     def _wake_receiver(self) -> None:
         """Interrupt a blocked :meth:`_recv_result` so the receiver thread can exit."""
 
-    def _published_methods(self) -> frozenset[str] | None:
-        """Method names a task server published through the backend, if any."""
+    def _published_names(self, kind: str) -> frozenset[str] | None:
+        """Names (``'methods'`` or ``'executors'``) a task server published through the
+        backend, for clients in other processes; None where the backend cannot publish."""
         return None
 
-    def _publish_methods(self, names: frozenset[str]) -> None:
-        """Make the server's method names visible to clients in other processes."""
+    def _publish_names(self, kind: str, names: frozenset[str]) -> None:
+        """Make the server's method or executor names visible to clients in other processes."""
 
     # --- client side --------------------------------------------------------------------------
 
@@ -461,11 +463,12 @@ class BaseQueues(ABC):
     def set_methods(self, names: Iterable[str]) -> None:
         """Record the methods a server offers, so unknown names fail at ``send_inputs``."""
         self._methods = frozenset(names)
-        self._publish_methods(self._methods)
+        self._publish_names("methods", self._methods)
 
     def set_executors(self, names: Iterable[str]) -> None:
         """Record the executors a server offers, so unknown names fail at ``send_inputs``."""
-        self._executors: frozenset[str] | None = frozenset(names)
+        self._executors = frozenset(names)
+        self._publish_names("executors", self._executors)
 
     @property
     def signing_key(self) -> bytes | None:
@@ -481,12 +484,13 @@ class BaseQueues(ABC):
     def _check_method(self, method: str) -> None:
         if not isinstance(method, str) or not method:
             raise ValueError(f"method must be a method name, got {method!r}")
-        known = self._methods if self._methods is not None else self._published_methods()
+        known = self._methods if self._methods is not None else self._published_names("methods")
         if known is not None and method not in known:
             raise ValueError(f"unknown method {method!r}; valid methods: {sorted(known)}")
 
     def _check_executor(self, executor: str | None) -> None:
-        known = getattr(self, "_executors", None)
+        known = self._executors if self._executors is not None else self._published_names(
+            "executors")
         if executor is not None and known is not None and executor not in known:
             raise ValueError(f"unknown executor {executor!r}; valid executors: {sorted(known)}")
 

@@ -213,7 +213,7 @@ class RedisQueues(BaseQueues):
         # Client side: results read but not handed to the base class yet, and unacknowledged ids.
         self._result_buffer: deque[bytes] = deque()
         self._unacked_results: dict[str, list[bytes]] = {}
-        self._published: frozenset[str] | None = None
+        self._published: dict[str, frozenset[str]] = {}  # published names, once found
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -385,18 +385,19 @@ class RedisQueues(BaseQueues):
         except redis.exceptions.RedisError as exc:
             logger.debug("could not wake the result receiver: %s", exc)
 
-    def _published_methods(self) -> frozenset[str] | None:
-        if self._published is None:
-            raw = self._call("read the method names",
-                             lambda client: client.get(self.methods_key))
-            if raw is not None:
-                self._published = frozenset(json.loads(cast(bytes, raw)))
-        return self._published
+    def _published_names(self, kind: str) -> frozenset[str] | None:
+        if kind not in self._published:
+            raw = self._call(f"read the {kind} names",
+                             lambda client: client.get(f"{self.prefix}:{kind}"))
+            if raw is None:
+                return None
+            self._published[kind] = frozenset(json.loads(cast(bytes, raw)))
+        return self._published[kind]
 
-    def _publish_methods(self, names: frozenset[str]) -> None:
+    def _publish_names(self, kind: str, names: frozenset[str]) -> None:
         payload = json.dumps(sorted(names))
-        self._call("publish the method names",
-                   lambda client: client.set(self.methods_key, payload))
+        self._call(f"publish the {kind} names",
+                   lambda client: client.set(f"{self.prefix}:{kind}", payload))
 
     # --- server side: receiving requests, sending results -------------------------------------
 
