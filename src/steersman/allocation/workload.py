@@ -136,14 +136,13 @@ def _deadline_split(
         work = [0.0 if s else w for s, w in zip(stuck, work)]
     if all(w <= 0 for w in work):
         return list(lo)
-    fastest = max(_time(cu, w, b) for cu, w, b in zip(curves, work, hi))
-    if fastest <= 0.0:  # workloads so small the times underflow: done at once
-        return list(lo)
-
     least = _cores_needed(curves, work, lo, hi, math.inf)
     if least is None or sum(least) > total:  # some application must wait whatever we do
         logger.warning("%d cores cannot let every application progress at once", total)
         return _largest_work_first(work, lo, hi, total)
+    fastest = max(_time(cu, w, b) for cu, w, b in zip(curves, work, hi))
+    if fastest <= 0.0:  # workloads so small the times underflow: the fewest cores that run them
+        return least
 
     def fits(deadline: float) -> list[int] | None:
         need = _cores_needed(curves, work, lo, hi, deadline)

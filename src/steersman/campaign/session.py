@@ -175,8 +175,9 @@ class Recording:
         self._displays: list[Display] = []
 
     def request_sent(self, result: Result, slots: Slots | None = None) -> None:
-        """Journal a request before it leaves."""
-        header = result.model_dump_json()
+        """Journal a request before it leaves (with the header it leaves with)."""
+        sent = result.sent_header
+        header = sent.decode() if sent is not None else result.model_dump_json()
         slot_text = to_json(list(slots)) if slots is not None else ""
         self.journal.append(RecordKind.REQUEST, [result.task_id, result.topic,
                                                  result.method or "", slot_text, header],

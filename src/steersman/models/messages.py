@@ -49,20 +49,29 @@ class Flags(IntFlag):
     INTERMEDIATE = 4
 
 
+_KINDS = {kind.value: kind for kind in Kind}
+_FAILED, _SIGNED, _INTERMEDIATE = Flags.FAILED.value, Flags.SIGNED.value, Flags.INTERMEDIATE.value
+_FLAGS = {bits: Flags(bits) for bits in range(2 * max(Flags))}
+
+
 @dataclass
 class Message:
-    """A decoded message: what it is, and the Result it carries (frames attached, not decoded)."""
+    """A decoded message: what it is, and the Result it carries (frames attached, not decoded).
+
+    `data` is the message as received, so a router can forward it without encoding it again.
+    """
 
     kind: Kind
     flags: Flags
     result: Result | None
+    data: Frame | None = None
 
 
 def encode(
     kind: Kind, result: Result | None = None, *, key: bytes | None = None, with_inputs: bool = True
 ) -> list[Frame]:
     """Encode a message as a list of buffers ready for a vectored write (no payload copies)."""
-    flags = Flags.NONE
+    flags = 0
     header = b""
     inputs: list[Frame] = []
     value: list[Frame] = []
@@ -72,17 +81,19 @@ def encode(
         if kind is Kind.RESULT:
             value = result.encode_value() if result.success else []  # sizes land in the header
             if not result.success:
-                flags |= Flags.FAILED
+                flags |= _FAILED
             if result.complete is False:
-                flags |= Flags.INTERMEDIATE
+                flags |= _INTERMEDIATE
         header = result.model_dump_json().encode()
+        result.note_sent_header(header)
     if key is not None:
-        flags |= Flags.SIGNED
+        flags |= _SIGNED
     frames = [*inputs, *value]
     if len(inputs) > _MAX_FRAMES or len(value) > _MAX_FRAMES:
         raise ValueError(f"too many payload frames ({len(frames)}); at most {_MAX_FRAMES} each")
     lengths = [memoryview(f).nbytes for f in frames]
-    prefix = _PREFIX.pack(MAGIC, VERSION, kind, flags, 0, len(inputs), len(value), len(header))
+    prefix = _PREFIX.pack(MAGIC, VERSION, kind.value, flags, 0, len(inputs), len(value),
+                          len(header))
     head = prefix + struct.pack(f"<{len(lengths)}Q", *lengths) + header
     parts: list[Frame] = [head, *frames]
     if key is not None:
@@ -93,17 +104,19 @@ def encode(
 def peek(data: Frame) -> tuple[Kind, Flags]:
     """Read only the kind and flags, for routing without decoding the header."""
     magic, version, kind, flags, *_ = _unpack_prefix(data)
-    return Kind(kind), Flags(flags)
+    try:
+        return _KINDS[kind], _FLAGS[flags]
+    except KeyError:
+        raise ValueError(f"unknown message kind {kind} or flags {flags}") from None
 
 
 def decode(data: Frame, *, key: bytes | None = None) -> Message:
     """Decode a message; any malformed input raises :class:`MessageError`, nothing else."""
     view = memoryview(data).cast("B")
     magic, version, kind_code, flag_bits, _, n_in, n_val, header_len = _unpack_prefix(view)
-    try:
-        kind, flags = Kind(kind_code), Flags(flag_bits)
-    except ValueError:
-        raise MessageError(f"unknown message kind {kind_code} or flags {flag_bits}") from None
+    kind, flags = _KINDS.get(kind_code), _FLAGS.get(flag_bits)
+    if kind is None or flags is None:
+        raise MessageError(f"unknown message kind {kind_code} or flags {flag_bits}")
     if key is not None:
         view = _verify(view, key, flags)
     elif flags & Flags.SIGNED:
@@ -129,7 +142,7 @@ def decode(data: Frame, *, key: bytes | None = None) -> Message:
         result.attach_frames(frames[:n_in], frames[n_in:])
     elif kind is not Kind.KILL:
         raise MessageError(f"a {kind.name} message must carry a header")
-    return Message(kind, flags, result)
+    return Message(kind, flags, result, data)
 
 
 def join(parts: Sequence[Frame]) -> bytes:

@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Sequence
 from enum import Enum
 from time import perf_counter, time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from steersman.models.serialization import (
     Frame,
@@ -103,11 +103,18 @@ class Result(BaseModel):
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=False)
+    # Payload frames live in slots, not private attributes: pydantic would initialise (and
+    # deep-copy the defaults of) private attributes on every construction and validation.
+    __slots__ = ("_input_frames", "_value_frames", "_sent_header")
+    if TYPE_CHECKING:  # for type checkers only: pydantic would make them private attributes
+        _input_frames: list[Frame] | None
+        _value_frames: list[Frame] | None
+        _sent_header: bytes | None
 
     task_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     method: str | None = None
     topic: str = "default"
-    inputs: Inputs = Field(default=((), {}), exclude=True)
+    inputs: Inputs = Field(default_factory=lambda: ((), {}), exclude=True)
     value: Any = Field(default=None, exclude=True)
     success: bool | None = None
     complete: bool | None = None
@@ -131,8 +138,29 @@ class Result(BaseModel):
     timestamp: Timestamps = Field(default_factory=Timestamps)
     time: TimeSpans = Field(default_factory=TimeSpans)
 
-    _input_frames: list[Frame] | None = PrivateAttr(default=None)
-    _value_frames: list[Frame] | None = PrivateAttr(default=None)
+    def model_post_init(self, context: Any, /) -> None:
+        """Start without payload frames (slots hold them: see ``__slots__``)."""
+        _set(self, "_input_frames", None)  # past pydantic's __setattr__: it is slow
+        _set(self, "_value_frames", None)
+        _set(self, "_sent_header", None)
+
+    def __copy__(self) -> Result:
+        copy = super().__copy__()
+        _set(copy, "_input_frames", self._input_frames)
+        _set(copy, "_value_frames", self._value_frames)
+        _set(copy, "_sent_header", None)
+        return copy
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Result:
+        copy = super().__deepcopy__(memo)
+        _set(copy, "_input_frames", self._input_frames)
+        _set(copy, "_value_frames", self._value_frames)
+        _set(copy, "_sent_header", None)
+        return copy
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self.model_post_init(None)
 
     # --- convenient views -------------------------------------------------------------------
 
@@ -165,7 +193,7 @@ class Result(BaseModel):
     def set_failure(self, exc: BaseException, **flags: bool) -> None:
         """Record a failed outcome with the exception and its traceback."""
         self.value = None
-        self._value_frames = None
+        _set(self, "_value_frames", None)
         self.success = False
         self.complete = True
         self.failure_info = FailureInformation.from_exception(exc, **flags)
@@ -178,43 +206,49 @@ class Result(BaseModel):
 
     def encode_inputs(self) -> list[Frame]:
         """Serialize the inputs into frames (kept for sending), timing it."""
-        if self._input_frames is None:
+        frames = self._input_frames
+        if frames is None:
             start = _clock()
-            self._input_frames = serialize_inputs(*self.inputs, self.serialization_method)
+            frames = serialize_inputs(*self.inputs, self.serialization_method)
+            _set(self, "_input_frames", frames)
             self.time.serialize_inputs = _clock() - start
-            self.message_sizes["inputs"] = _nbytes(self._input_frames)
-        return self._input_frames
+            self.message_sizes["inputs"] = _nbytes(frames)
+        return frames
 
     def encode_value(self) -> list[Frame]:
         """Serialize the value into frames, timing it."""
-        if self._value_frames is None:
+        frames = self._value_frames
+        if frames is None:
             start = _clock()
-            self._value_frames = serialize(self.value, self.serialization_method)
+            frames = serialize(self.value, self.serialization_method)
+            _set(self, "_value_frames", frames)
             self.time.serialize_results = _clock() - start
-            self.message_sizes["value"] = _nbytes(self._value_frames)
-        return self._value_frames
+            self.message_sizes["value"] = _nbytes(frames)
+        return frames
 
     def decode_inputs(self) -> Inputs:
         """Restore the inputs from received frames, timing it."""
-        if self._input_frames is not None:
+        frames = self._input_frames
+        if frames is not None:
             start = _clock()
-            frames = writable_frames(self._input_frames)
+            frames = writable_frames(frames)
             self.inputs = deserialize_inputs(frames, self.serialization_method)
             self.time.deserialize_inputs = _clock() - start
         return self.inputs
 
     def decode_value(self) -> Any:
         """Restore the value from received frames, timing it."""
-        if self._value_frames is not None:
+        frames = self._value_frames
+        if frames is not None:
             start = _clock()
-            self.value = deserialize(writable_frames(self._value_frames), self.serialization_method)
+            self.value = deserialize(writable_frames(frames), self.serialization_method)
             self.time.deserialize_results = _clock() - start
         return self.value
 
     def attach_frames(self, inputs: Sequence[Frame] | None, value: Sequence[Frame] | None) -> None:
         """Hold received payload frames until they are decoded."""
-        self._input_frames = list(inputs) if inputs else None
-        self._value_frames = list(value) if value else None
+        _set(self, "_input_frames", list(inputs) if inputs else None)
+        _set(self, "_value_frames", list(value) if value else None)
 
     @property
     def input_frames(self) -> list[Frame] | None:
@@ -224,10 +258,23 @@ class Result(BaseModel):
     def value_frames(self) -> list[Frame] | None:
         return self._value_frames
 
+    @property
+    def sent_header(self) -> bytes | None:
+        """The JSON header of the last message encoded from this Result.
+
+        An observer told of a request just sent journals it instead of dumping the Result again;
+        it is stale once the Result changes.
+        """
+        return self._sent_header
+
+    def note_sent_header(self, header: bytes) -> None:
+        """Remember the header of the message just encoded (see :attr:`sent_header`)."""
+        _set(self, "_sent_header", header)
+
     def drop_inputs(self) -> None:
         """Forget the inputs, for results sent back with `keep_inputs=False`."""
         self.inputs = ((), {})
-        self._input_frames = None
+        _set(self, "_input_frames", None)
 
     # --- trace format -------------------------------------------------------------------------
 
@@ -257,6 +304,7 @@ class Result(BaseModel):
 
 
 _clock = perf_counter
+_set = object.__setattr__
 
 
 def writable_frames(frames: Sequence[Frame]) -> list[Frame]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import math
+import mmap
 import multiprocessing
 import os
 import select
 import struct
 import threading
 from collections.abc import Iterable, Sequence
+from multiprocessing.util import Finalize
 from typing import TYPE_CHECKING, Any
 
 from steersman.exceptions import QueueConnectionError, TaskServerDied
@@ -28,6 +30,15 @@ if TYPE_CHECKING:
 _LENGTH = struct.Struct("<Q")
 _F_SETPIPE_SZ = 1031
 _PIPE_BYTES = 1 << 20
+#: Messages at least this large go through a file in shared memory; the pipe carries its name.
+#: The reader maps the file instead of copying it out of the pipe, and no pipe round trips
+#: are paid per megabyte.
+SPILL_BYTES = 4 << 20
+#: Where spilled messages live (memory, not disk); without it, every message uses the pipe.
+SPILL_DIR = "/dev/shm"
+#: High bit of the length prefix: the message is the name of a spilled file.
+_SPILLED = 1 << 63
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 class PipeChannel:
@@ -52,21 +63,39 @@ class PipeChannel:
 
     def write(self, parts: Sequence[Frame]) -> None:
         """Write one message; raises BrokenPipeError if no reader is left."""
-        views = [memoryview(p).cast("B") for p in parts]
-        views.insert(0, memoryview(_LENGTH.pack(sum(v.nbytes for v in views))))
-        with self._write_lock:
-            _write_all(self._writer.fileno(), views)
+        self.write_messages([parts])
 
-    def read(self, timeout: float | None, wake_fd: int | None = None) -> bytearray | None:
+    def write_messages(self, messages: Sequence[Sequence[Frame]]) -> None:
+        """Write several messages with one system call (when small); read them one by one."""
+        views: list[memoryview] = []
+        spilled: list[bytes] = []
+        for parts in messages:
+            views.extend(_framed(parts, spilled))
+        try:
+            with self._write_lock:
+                _write_all(self._writer.fileno(), views)
+        except BaseException:
+            for path in spilled:  # nobody will read them
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+
+    def read(self, timeout: float | None, wake_fd: int | None = None,
+             forward: bool = False) -> bytearray | memoryview | None:
         """Read one message; None after `timeout` or when `wake_fd` becomes readable.
 
-        Raises EOFError when every writer has closed its end.
+        Raises EOFError when every writer has closed its end. With `forward` (relays), a
+        spilled message keeps its file until it is written on whole or dropped; otherwise the
+        file is removed at once (the mapping stays).
         """
         with self._read_lock:
             fd = self._reader.fileno()
-            if not _wait_readable(fd, timeout, wake_fd):
+            if (timeout is not None or wake_fd is not None) \
+                    and not _wait_readable(fd, timeout, wake_fd):
                 return None
             (size,) = _LENGTH.unpack(_read_exact(fd, _LENGTH.size))
+            if size & _SPILLED:
+                return _unspill(bytes(_read_exact(fd, size & ~_SPILLED)), forward)
             return _read_exact(fd, size)
 
     def close_reader(self) -> None:
@@ -128,7 +157,7 @@ class PipeQueues(BaseQueues):
 
     def _recv_request(self, timeout: float | None) -> Buffer | None:
         try:
-            return self._requests.read(timeout)
+            return self._requests.read(timeout, forward=True)
         except (EOFError, OSError) as exc:
             raise QueueConnectionError(f"the thinker closed the request pipe ({exc!r})") from None
 
@@ -193,6 +222,93 @@ def _write_all(fd: int, views: list[memoryview]) -> None:
                 written = 0
         while views and views[0].nbytes == 0:
             views.pop(0)
+
+
+def _framed(parts: Sequence[Frame], spilled: list[bytes]) -> list[memoryview]:
+    """One message as views to write: its length and frames, or the name of its spilled file.
+
+    A message read from a spilled file and forwarded whole keeps its file: only the name moves.
+    """
+    views = [memoryview(p).cast("B") for p in parts]
+    path = _forwardable(views)
+    if path is None:
+        size = sum(v.nbytes for v in views)
+        path = _spill(views) if size >= SPILL_BYTES else None
+        if path is None:
+            return [memoryview(_LENGTH.pack(size)), *views]
+    spilled.append(path)  # removed if the write fails
+    return [memoryview(_LENGTH.pack(len(path) | _SPILLED)), memoryview(path)]
+
+
+def _forwardable(views: list[memoryview]) -> bytes | None:
+    """The file of a message that is exactly one whole spilled file not yet handed on."""
+    if len(views) != 1 or not isinstance(views[0].obj, _SpilledMap):
+        return None
+    spilled = views[0].obj
+    if views[0].nbytes != len(spilled):
+        return None
+    return spilled.hand_over()
+
+
+class _SpilledMap(mmap.mmap):
+    """A spilled message mapped in memory; its file goes when the map does, or when this
+    process exits (even a forked child), unless it was handed on."""
+
+    path: bytes
+    _remove: Finalize
+
+    def hand_over(self) -> bytes | None:
+        """Give up the file (another process will map and remove it); None if already given."""
+        if not self._remove.still_active():
+            return None
+        self._remove.cancel()
+        return self.path
+
+
+def _spill(views: list[memoryview]) -> bytes | None:
+    """Write a message to a new file in :data:`SPILL_DIR`; its path, or None if it cannot."""
+    path = os.path.join(SPILL_DIR, f"steersman-{os.getpid()}-{os.urandom(8).hex()}").encode()
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        _write_all(fd, list(views))
+    except OSError:  # e.g. shared memory is full: the pipe carries it
+        os.unlink(path)
+        return None
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    return path
+
+
+def _unspill(path: bytes, forward: bool) -> memoryview:
+    """Map a spilled message (writable); its file is removed now, or with the map if it may be
+    forwarded (unless it is handed on)."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if not forward:
+            os.unlink(path)
+            size = os.fstat(fd).st_size
+            return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE))
+        size = os.fstat(fd).st_size
+        spilled = _SpilledMap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE)
+    except BaseException:
+        _unlink_quietly(path)
+        raise
+    finally:
+        os.close(fd)
+    spilled.path = path
+    spilled._remove = Finalize(spilled, _unlink_quietly, (path,), exitpriority=0)
+    return memoryview(spilled)
+
+
+def _unlink_quietly(path: bytes) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _read_exact(fd: int, size: int) -> bytearray:

@@ -23,6 +23,7 @@ from steersman.exceptions import QueueConnectionError, TimeoutException, WorkerL
 from steersman.models.messages import Flags, Kind, encode, peek
 from steersman.models.methods import TaskMethod, as_method
 from steersman.models.result import Result
+from steersman.models.serialization import Frame
 from steersman.queue.base import BaseQueues
 from steersman.task_server.deadlines import Deadlines
 from steersman.task_server.engine import Engine, Parts, WorkerContext
@@ -101,10 +102,14 @@ class TaskServer(_CONTEXT.Process):
                             len(self._outstanding))
                 return
             if message.result is not None:
-                self._dispatch(message.result)
+                self._dispatch(message.result, message.data)
 
-    def _dispatch(self, request: Result) -> None:
-        """Hand one attempt of a request to the engine (or fail it at once if it is invalid)."""
+    def _dispatch(self, request: Result, received: Frame | None = None) -> None:
+        """Hand one attempt of a request to the engine (or fail it at once if it is invalid).
+
+        `received` is the request message as it came: engines that stamp ``input_received``
+        themselves get it unchanged, others (and retries) get the request encoded again.
+        """
         problem = self._check_request(request)
         if problem is not None:
             request.set_failure(problem)
@@ -114,8 +119,11 @@ class TaskServer(_CONTEXT.Process):
         with self._idle:  # replaces the previous attempt of a retried task
             self._outstanding[request.task_id] = attempt
         try:
-            future = self.engine.submit(request, encode(Kind.REQUEST, request,
-                                                        key=self.queues.signing_key))
+            if received is not None and self.engine.stamps_received:
+                parts: Parts = [received]
+            else:
+                parts = encode(Kind.REQUEST, request, key=self.queues.signing_key)
+            future = self.engine.submit(request, parts)
         except Exception as exc:
             logger.warning("the engine refused task %s: %r", request.task_id, exc)
             if self._claim(attempt):

@@ -45,6 +45,10 @@ class Engine(ABC):
 
     #: Names a request may give as `executor=` to pick where it runs.
     executors: Sequence[str] = ("default",)
+    #: Whether the engine stamps ``input_received`` on the worker's Result from the `request`
+    #: given to :meth:`submit`: then the server forwards the thinker's message as it came
+    #: instead of encoding it again.
+    stamps_received: bool = False
 
     @abstractmethod
     def start(self, context: WorkerContext) -> None:

@@ -9,13 +9,17 @@ worker. Waiting requests are dispatched highest priority first.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import logging
+import math
 import os
 import queue
+import struct
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from steersman.exceptions import WorkerLost
@@ -29,6 +33,10 @@ from steersman.task_server.engine import Engine, Parts, WorkerContext
 from steersman.task_server.worker import execute_request
 
 logger = logging.getLogger(__name__)
+
+#: A message before each request written to a worker: when the server received the request
+#: (NaN if unknown). Apart, so that a large request is forwarded as it came.
+_STAMP = struct.Struct("<d")
 
 
 class ThreadEngine(Engine):
@@ -54,9 +62,12 @@ class ThreadEngine(Engine):
         for thread in self._threads:
             thread.start()
 
+    stamps_received = True
+
     def submit(self, request: Result, parts: Parts) -> Future[list[Parts]]:
         future: Future[list[Parts]] = Future()
-        self._waiting.put((-request.priority, next(self._order), (parts, future)))
+        received = request.timestamp.input_received
+        self._waiting.put((-request.priority, next(self._order), (parts, future, received)))
         return future
 
     def _serve(self) -> None:
@@ -65,13 +76,13 @@ class ThreadEngine(Engine):
             task = self._waiting.get()[2]
             if task is None:
                 return
-            parts, future = task
+            parts, future, received = task
             if not future.set_running_or_notify_cancel():
                 continue
             self._running[me] = future
             try:
                 future.set_result(execute_request(context.methods, join(parts), context.key,
-                                                  context.emit, "local-threads"))
+                                                  context.emit, "local-threads", received))
             except Exception as exc:
                 future.set_exception(exc)
             finally:
@@ -92,13 +103,23 @@ class ThreadEngine(Engine):
 
 
 class ProcessEngine(Engine):
-    """Run tasks in worker processes forked from the task server, one task per worker."""
+    """Run tasks in worker processes forked from the task server, one task per worker.
+
+    A request goes straight to an idle worker's pipe from the thread that submits it; when all
+    workers are busy it waits, highest priority first, and the thread that reads a worker's
+    replies hands it the next one as soon as its task finished.
+    """
+
+    stamps_received = True
 
     def __init__(self, num_workers: int | None = None):
         self.num_workers = num_workers or os.cpu_count() or 1
-        self._waiting: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[int, int, _Task]] = []
+        self._idle: list[_WorkerSlot] = []
         self._order = itertools.count()
         self._slots: list[_WorkerSlot] = []
+        self._stopping = False
         self.lifeline: tuple[int, int] = (-1, -1)
 
     def start(self, context: WorkerContext) -> None:
@@ -107,13 +128,29 @@ class ProcessEngine(Engine):
         self._slots = [_WorkerSlot(i, self) for i in range(self.num_workers)]
         for slot in self._slots:  # fork every worker before any thread of ours exists
             slot.spawn()
+        self._idle = list(reversed(self._slots))
         for slot in self._slots:
             slot.thread.start()
 
     def submit(self, request: Result, parts: Parts) -> Future[list[Parts]]:
         future: Future[list[Parts]] = Future()
-        self._waiting.put((-request.priority, next(self._order), (parts, future, request.topic)))
+        stamp = _STAMP.pack(request.timestamp.input_received or math.nan)
+        task = _Task([[stamp], parts], future, request.topic)
+        with self._lock:
+            if not self._idle:
+                heapq.heappush(self._waiting, (-request.priority, next(self._order), task))
+                return future
+            slot = self._idle.pop()
+        slot.begin(task)
         return future
+
+    def next_task(self, slot: _WorkerSlot) -> _Task | None:
+        """The waiting task `slot` runs next; None (and `slot` becomes idle) if none waits."""
+        with self._lock:
+            if self._waiting:
+                return heapq.heappop(self._waiting)[2]
+            self._idle.append(slot)
+            return None
 
     def cancel(self, future: Future[list[Parts]]) -> bool:
         """Drop a waiting task, or kill the worker running it (a fresh worker replaces it)."""
@@ -122,8 +159,9 @@ class ProcessEngine(Engine):
         return any(slot.kill_if_running(future) for slot in self._slots)
 
     def shutdown(self) -> None:
-        for _ in self._slots:
-            self._waiting.put((2**62, next(self._order), None))
+        self._stopping = True
+        for slot in self._slots:  # each worker finishes its task, then sees end-of-file
+            slot.close_requests()
         for slot in self._slots:
             slot.thread.join()
             slot.stop()
@@ -136,12 +174,22 @@ class ProcessEngine(Engine):
             if hasattr(slot, "requests"):
                 yield from (slot.requests, slot.replies)
 
-    def next_task(self) -> Any:
-        return self._waiting.get()[2]
+
+@dataclass(eq=False)
+class _Task:
+    """A request on its way to a worker: the stamp and request messages, future and topic."""
+
+    messages: list[Parts]
+    future: Future[list[Parts]]
+    topic: str
 
 
 class _WorkerSlot:
-    """One worker process and the server thread that feeds it and reads its replies."""
+    """One worker process and the server thread that reads its replies.
+
+    Whoever takes the slot idle (a submitting thread) or finishes its task (the reader) writes
+    the next request: the slot lock orders those writes with a replacement of the worker.
+    """
 
     def __init__(self, index: int, engine: ProcessEngine):
         self.index = index
@@ -150,13 +198,14 @@ class _WorkerSlot:
                                        name=f"steersman-worker-{index}")
         self.process: Any = None
         self._lock = threading.Lock()
-        self._current: Future[list[Parts]] | None = None
+        self._current: _Task | None = None
         self._killed = False
 
     def kill_if_running(self, future: Future[list[Parts]]) -> bool:
         """Kill the worker if it runs `future`'s task; it is replaced before the next task."""
         with self._lock:
-            if self._current is not future or self.process is None:
+            if self._current is None or self._current.future is not future \
+                    or self.process is None:
                 return False
             self._killed = True
             self.process.kill()
@@ -174,51 +223,76 @@ class _WorkerSlot:
         self.requests.close_reader()
         self.replies.close_writer()
 
-    def _serve(self) -> None:
-        while True:
-            task = self.engine.next_task()
-            if task is None:
-                return
-            parts, future, topic = task
-            if not future.set_running_or_notify_cancel():
-                continue
-            with self._lock:
-                self._current = future
-            lost = False
-            try:
-                future.set_result(self._run(parts, topic))
-            except WorkerLost as exc:
-                future.set_exception(exc)
-                lost = True
-            except Exception as exc:
-                future.set_exception(exc)
-            with self._lock:
-                self._current = None
-                lost, self._killed = lost or self._killed, False
-            if lost:
-                self._replace()
+    def begin(self, task: _Task | None) -> None:
+        """Send `task` (or, if it was cancelled while waiting, the next one) to the worker."""
+        while task is not None and not task.future.set_running_or_notify_cancel():
+            task = self.engine.next_task(self)
+        if task is None:
+            return
+        with self._lock:
+            self._current = task
+            with contextlib.suppress(OSError):  # a dead worker: the reader fails the task
+                self.requests.write_messages(task.messages)
 
-    def _run(self, parts: Parts, topic: str) -> list[Parts]:
-        try:
-            self.requests.write(parts)
-            while True:
-                reply = self.replies.read(None)
-                assert reply is not None
-                _, flags = peek(reply)
-                if not flags & Flags.INTERMEDIATE:
-                    return [[reply]]
-                emit = self.engine._context.emit
-                if emit is not None:
-                    emit(topic, [reply])
-        except (EOFError, BrokenPipeError, OSError):
+    def _serve(self) -> None:
+        emit = self.engine._context.emit
+        while True:
+            try:
+                reply = self.replies.read(None, forward=True)
+            except (EOFError, OSError):
+                if self.engine._stopping:
+                    return
+                self._lost()
+                continue
+            assert reply is not None
+            _, flags = peek(reply)
+            if flags & Flags.INTERMEDIATE:
+                if emit is not None and self._current is not None:
+                    emit(self._current.topic, [reply])
+                continue
+            self._finished([[reply]])
+
+    def _finished(self, messages: list[Parts]) -> None:
+        """The final reply came: start the next task, then hand the result to the server."""
+        with self._lock:
+            task, self._current = self._current, None
+            killed, self._killed = self._killed, False
+        if killed:  # the reply came before the kill landed: the worker is still replaced
+            self._replace()
+        if not self.engine._stopping:
+            self.begin(self.engine.next_task(self))
+        if task is not None:
+            task.future.set_result(messages)
+
+    def _lost(self) -> None:
+        """The worker died: fail its task, replace it, go on with the next task."""
+        with self._lock:  # a request written before the replacement fails with the old worker
+            task, self._current = self._current, None
+            self._killed = False
             self.process.join(timeout=5)
-            raise WorkerLost(f"worker process {self.process.pid} died while running a task "
-                             f"(exit code {self.process.exitcode})") from None
+            error = WorkerLost(f"worker process {self.process.pid} died while running a task "
+                               f"(exit code {self.process.exitcode})")
+            self._respawn()
+        if task is not None:
+            self.begin(self.engine.next_task(self))
+            task.future.set_exception(error)
 
     def _replace(self) -> None:
-        logger.warning("replacing dead worker %d", self.index)
+        with self._lock:
+            self._respawn()
+
+    def _respawn(self) -> None:
+        """With the slot lock held: a fresh worker instead of the dead (or killed) one."""
         self.stop()
+        if self.engine._stopping:  # shutting down: a new worker would never be told to stop
+            return
+        logger.warning("replacing dead worker %d", self.index)
         self.spawn()
+
+    def close_requests(self) -> None:
+        """Tell the worker to exit once its task is done (waits for a replacement in progress)."""
+        with self._lock, contextlib.suppress(OSError):
+            self.requests.close_writer()
 
     def stop(self) -> None:
         for close in (self.requests.close_writer, self.replies.close_reader):
@@ -248,11 +322,14 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
 
     while True:
         try:
+            stamp = requests.read(None)
             request = requests.read(None)
         except EOFError:
             return
-        assert request is not None
-        for parts in execute_request(context.methods, request, context.key, stream, "local"):
+        assert stamp is not None and request is not None
+        (received,) = _STAMP.unpack_from(stamp)
+        for parts in execute_request(context.methods, request, context.key, stream, "local",
+                                     None if math.isnan(received) else received):
             replies.write(parts)
 
 

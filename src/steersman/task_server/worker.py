@@ -21,14 +21,18 @@ def execute_request(
     key: bytes | None = None,
     emit: Callable[[str, Parts], None] | None = None,
     executor: str | None = None,
+    received: float | None = None,
 ) -> list[Parts]:
     """Decode a request, run its method and return the encoded result messages.
 
     Intermediate results of generator methods go to `emit` when given (streaming); otherwise
-    they are returned before the final result.
+    they are returned before the final result. `received` is when the server received the
+    request, for servers that forward the thinker's message without stamping it.
     """
     result = decode(request, key=key).result
     assert result is not None and result.method is not None
+    if received is not None:
+        result.timestamp.input_received = received
     result.mark_worker(executor)
     held: list[Parts] = []
 
