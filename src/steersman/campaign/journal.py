@@ -31,6 +31,7 @@ from pathlib import Path
 from time import time
 
 from steersman.models.serialization import Frame
+from steersman.queue.pipe import write_all
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ class JournalWriter:
             if defer:
                 self._deferred.setdefault(kind, []).append(fields[0])
             else:
-                _write_all(self._fd, encode_record(kind, fields, frames, when))
+                write_all(self._fd, encode_record(kind, fields, frames, when))
         if not self._dirty.is_set():
             self._dirty.set()
 
@@ -257,7 +258,7 @@ class JournalWriter:
         """Write the deferred records now, and let the sync hooks flush their files."""
         with self._lock:
             if self._deferred:
-                _write_all(self._fd, self._encode_deferred())
+                write_all(self._fd, self._encode_deferred())
         for hook in self._hooks:
             try:
                 hook()
@@ -290,22 +291,3 @@ class JournalWriter:
                 logger.error("cannot sync the journal %s: %s", self.path, exc)
                 return
             self._closing.wait(SYNC_INTERVAL)  # batch: at most one sync per interval
-
-
-def _write_all(fd: int, parts: Sequence[Frame]) -> None:
-    if len(parts) == 1:
-        data = memoryview(parts[0]).cast("B")
-        while data:
-            data = data[os.write(fd, data):]
-        return
-    views = [memoryview(p).cast("B") for p in parts]
-    while views:
-        written = os.writev(fd, views[:512])
-        while written:
-            if written >= views[0].nbytes:
-                written -= views.pop(0).nbytes
-            else:
-                views[0] = views[0][written:]
-                written = 0
-        while views and views[0].nbytes == 0:
-            views.pop(0)

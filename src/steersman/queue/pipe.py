@@ -73,7 +73,7 @@ class PipeChannel:
             views.extend(_framed(parts, spilled))
         try:
             with self._write_lock:
-                _write_all(self._writer.fileno(), views)
+                write_all(self._writer.fileno(), views)
         except BaseException:
             for path in spilled:  # nobody will read them
                 with contextlib.suppress(OSError):
@@ -211,7 +211,9 @@ class PipeQueues(BaseQueues):
                     close()
 
 
-def _write_all(fd: int, views: list[memoryview]) -> None:
+def write_all(fd: int, parts: Sequence[Frame]) -> None:
+    """Write every byte of `parts` to `fd` with vectored writes, resuming after short writes."""
+    views = [memoryview(p).cast("B") for p in parts]
     while views:
         written = os.writev(fd, views[:512])
         while written:
@@ -273,7 +275,7 @@ def _spill(views: list[memoryview]) -> bytes | None:
     except OSError:
         return None
     try:
-        _write_all(fd, list(views))
+        write_all(fd, list(views))
     except OSError:  # e.g. shared memory is full: the pipe carries it
         os.unlink(path)
         return None
