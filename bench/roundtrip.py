@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 PEER = "colmena"  # the earlier library's package name, used only to import it for comparison
+PEER_TIMEOUT = 300  # seconds for one peer configuration
 
 
 def noop() -> None:
@@ -111,7 +112,11 @@ def run_peer(python: str, args: argparse.Namespace, backend: str, k: int) -> dic
     command = [python, __file__, "--library", "peer", "--backends", backend,
                "--in-flight", str(k), "--tasks", str(args.tasks), "--workers", str(args.workers),
                "--json"]
-    output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=1800)
+    try:  # the earlier library sometimes hangs; report it instead of waiting forever
+        output = subprocess.run(command, check=True, capture_output=True, text=True,
+                                timeout=PEER_TIMEOUT, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return {"tasks_per_s": float("nan"), "median_ms": float("nan"), "hung": True}
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
