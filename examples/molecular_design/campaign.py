@@ -80,17 +80,13 @@ def run_thinker(name: str, args: argparse.Namespace, molecules: list[str],
         initial_count=args.initial_count, batch_size=args.batch_size,
         n_conformers=args.conformers, on_event=on_event, run_dir=out,
         progress=False if args.quiet else None)
-    if thinker.campaign is not None:
-        thinker.campaign.save_params({**{k: str(v) if isinstance(v, Path) else v
-                                         for k, v in vars(args).items()}, "thinker": name,
-                                      "goal": "max", "value_topic": "simulate"})
-    server.start()
+    thinker.save_params(**{**vars(args), "thinker": name, "goal": "max",
+                           "value_topic": "simulate"})
     started = time.perf_counter()
     try:
-        thinker.run()
+        with server:
+            thinker.run()
     finally:
-        queues.send_kill_signal()
-        server.join()
         if bars is not None:
             for bar in bars.values():
                 bar.close()

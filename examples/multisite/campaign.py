@@ -460,19 +460,12 @@ def main(argv: list[str] | None = None) -> int:
         args.num_models, args.refill_while_training, args.kappa, args.conformers, args.seed,
         run_dir=run_dir, progress=None if args.progress == "auto" else
         (False if args.progress == "off" else args.progress))
-    if thinker.campaign is not None:
-        thinker.campaign.save_params({k: str(v) if isinstance(v, Path) else v
-                                      for k, v in vars(args).items()} | {"goal": "max",
-                                                                          "value_topic": SIMULATE})
+    thinker.save_params(**{**vars(args), "goal": "max", "value_topic": SIMULATE})
     print(f"{len(molecules)} molecules; {args.search_count} simulations on "
           f"{args.simulate_workers} simulation worker(s), training and inference on "
           f"{args.ml_workers} ML worker(s)\nrun directory: {run_dir}", flush=True)
-    server.start()
-    try:
+    with server:
         thinker.run()
-    finally:
-        queues.send_kill_signal()
-        server.join()
 
     report = site_report(run_dir, args)
     report["learning_rounds"] = len(thinker.rounds)

@@ -261,11 +261,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def json_safe(options: dict[str, Any]) -> dict[str, Any]:
-    """Command-line options with paths as strings, for params.json."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-
-
 def simulations_to_reach(values: list[float], target: float) -> int | None:
     """How many results (in arrival order) it took for the best value to reach `target`."""
     best = math.inf
@@ -296,19 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         args.retrain_every if args.order == "gp" else 0, args.ml_slots,
         (args.sim_time[0], args.sim_time[1]), seed=args.seed, xi=args.xi, run_dir=run_dir,
         progress=None if progress == "auto" else progress)
-    if thinker.campaign is not None:
-        thinker.campaign.save_params({**json_safe(vars(args)), "target": target, "goal": "min",
-                                      "value_topic": SIMULATE})
+    thinker.save_params(**{**vars(args), "target": target, "goal": "min",
+                           "value_topic": SIMULATE})
     print(f"Ackley in {args.dim} dimensions: {args.budget} simulations from a pool of "
           f"{len(pool)} points on {args.workers} workers, queue order: {args.order}")
     print(f"run directory: {run_dir}", flush=True)
-    server.start()
     started = time.perf_counter()
-    try:
+    with server:
         thinker.run()
-    finally:
-        queues.send_kill_signal()
-        server.join()
     elapsed = time.perf_counter() - started
 
     results = read_results(run_dir / "results.jsonl")

@@ -220,3 +220,12 @@ def test_mpi_launch_is_rendered_from_resources():
     assert method.command_line(resources, ["x"])[:5] == ["mpiexec", "-n", "8", "-ppn", "4"]
     with pytest.raises(ValueError, match="mpi_command_string"):
         ExecutableMethod(["a"], mpi=True)
+
+
+def test_server_as_a_context_manager_stops_cleanly():
+    """``with server:`` starts the server, and leaving it sends the kill signal and waits."""
+    queues = PipeQueues()
+    with LocalTaskServer(queues, [add]) as server:
+        queues.send_inputs(1, 2, method="add")
+        assert queues.get_result(timeout=30).value == 3
+    assert not server.is_alive() and server.exitcode == 0

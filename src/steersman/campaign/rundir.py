@@ -16,18 +16,17 @@ import contextlib
 import fcntl
 import json
 import logging
-import math
 import os
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from time import time
 from typing import Any
 
 from steersman.exceptions import RunDirectoryBusy
+from steersman.models.result import jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -70,41 +69,11 @@ def current_launch() -> Launch | None:
 
 
 def to_json(obj: Any) -> str:
-    """Strict JSON of `obj`; what JSON cannot hold becomes null (NaN) or its repr."""
-    try:
-        return json.dumps(obj, default=_fallback, allow_nan=False, separators=(",", ":"))
-    except (ValueError, RecursionError):
-        return json.dumps(_sanitize(obj), default=_fallback, allow_nan=False,
-                          separators=(",", ":"))
-
-
-def _fallback(obj: Any) -> Any:
-    if isinstance(obj, Enum):
-        return obj.value
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=repr)
-    item = getattr(obj, "item", None)  # NumPy scalars
-    if callable(item) and getattr(obj, "ndim", None) == 0:
-        return item()
-    tolist = getattr(obj, "tolist", None)  # small NumPy arrays
-    if callable(tolist) and getattr(obj, "size", math.inf) <= 10_000:
-        return tolist()
-    return repr(obj)
-
-
-def _sanitize(obj: Any, depth: int = 0) -> Any:
-    if depth > 50:
-        return repr(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _sanitize(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [_sanitize(v, depth + 1) for v in obj]
-    converted = _fallback(obj) if not isinstance(obj, (str, int, type(None))) else obj
-    if converted is not obj:
-        return _sanitize(converted, depth + 1)
-    return obj
+    """Strict JSON of `obj`; what JSON cannot hold becomes null (NaN), text or its repr."""
+    try:  # the common case, plain data, takes the fast path
+        return json.dumps(obj, default=jsonable, allow_nan=False, separators=(",", ":"))
+    except ValueError:  # a NaN or infinity somewhere
+        return json.dumps(jsonable(obj), allow_nan=False, separators=(",", ":"))
 
 
 # --- the directory ----------------------------------------------------------------------------

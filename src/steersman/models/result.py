@@ -10,6 +10,7 @@ import traceback
 import uuid
 from collections.abc import Sequence
 from enum import Enum
+from pathlib import PurePath
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
@@ -145,14 +146,13 @@ class Result(BaseModel):
         _set(self, "_sent_header", None)
 
     def __copy__(self) -> Result:
-        copy = super().__copy__()
-        _set(copy, "_input_frames", self._input_frames)
-        _set(copy, "_value_frames", self._value_frames)
-        _set(copy, "_sent_header", None)
-        return copy
+        return self._sharing_frames(super().__copy__())
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Result:
-        copy = super().__deepcopy__(memo)
+        return self._sharing_frames(super().__deepcopy__(memo))
+
+    def _sharing_frames(self, copy: Result) -> Result:
+        """A copy holds the same payload frames (read-only views) but no sent header."""
         _set(copy, "_input_frames", self._input_frames)
         _set(copy, "_value_frames", self._value_frames)
         _set(copy, "_sent_header", None)
@@ -288,7 +288,7 @@ class Result(BaseModel):
             data["inputs"] = [list(self.inputs[0]), self.inputs[1]]
         if "value" not in excluded:
             data["value"] = self.value
-        return json.dumps(_jsonable(data), allow_nan=False, separators=(",", ":"))
+        return json.dumps(jsonable(data), allow_nan=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, line: str | bytes) -> Result:
@@ -323,23 +323,26 @@ def _nbytes(frames: Sequence[Frame]) -> int:
     return sum(memoryview(f).nbytes for f in frames)
 
 
-def _jsonable(obj: Any) -> Any:
-    """Make `obj` strict-JSON safe: non-finite floats become null, unknown objects their repr."""
+def jsonable(obj: Any) -> Any:
+    """Make `obj` strict-JSON safe: non-finite floats become null, paths text, NumPy values
+    numbers or lists, unknown objects their repr."""
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
+    if isinstance(obj, PurePath):
+        return str(obj)
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Enum):
-        return _jsonable(obj.value)
+        return jsonable(obj.value)
     item = getattr(obj, "item", None)  # NumPy scalars
     if callable(item) and getattr(obj, "ndim", None) == 0:
-        return _jsonable(item())
+        return jsonable(item())
     tolist = getattr(obj, "tolist", None)  # small NumPy arrays
     if callable(tolist) and getattr(obj, "size", math.inf) <= 10_000:
-        return _jsonable(tolist())
+        return jsonable(tolist())
     return repr(obj)
 

@@ -61,6 +61,15 @@ class TaskServer(_CONTEXT.Process):
         super().start()
         self.queues.on_server_started()
 
+    def __enter__(self) -> TaskServer:
+        """``with server:`` starts it, and on leaving sends the kill signal and waits."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.queues.send_kill_signal()
+        self.join()
+
     def run(self) -> None:
         """Entry point of the server process."""
         self.queues.on_server_process()
