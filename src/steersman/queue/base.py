@@ -456,6 +456,13 @@ class BaseQueues(ABC):
         """Forward a result message that a worker already encoded."""
         self._send_result(topic, parts)
 
+    def direct_results(self) -> Callable[[Sequence[Frame]], bool] | None:
+        """In the task server's process, before it forks workers: a function those workers
+        call to hand a small final result message straight to the thinker (True), or that
+        declines (False) so the result goes through the server. None where the transport has
+        no such path. It saves the server a hop on every task."""
+        return None
+
     def request_done(self, task_id: str) -> None:
         """Called by the server once a task's final result is sent; backends that redeliver
         unfinished requests (after a server crash) forget this one here."""

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import select
 import struct
+import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from multiprocessing.util import Finalize
@@ -53,9 +54,15 @@ class PipeChannel:
     def _init_local(self) -> None:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._shared: SharedWriteLock | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_reader": self._reader, "_writer": self._writer}
+
+    def share_writes(self, lock: SharedWriteLock) -> None:
+        """Other processes write small messages too: hold `lock` around writes that a small
+        write could land in the middle of (those larger than the pipe's atomic size)."""
+        self._shared = lock
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -73,7 +80,11 @@ class PipeChannel:
             views.extend(_framed(parts, spilled))
         try:
             with self._write_lock:
-                write_all(self._writer.fileno(), views)
+                if self._shared is not None and sum(v.nbytes for v in views) > select.PIPE_BUF:
+                    with self._shared:
+                        write_all(self._writer.fileno(), views)
+                else:
+                    write_all(self._writer.fileno(), views)
         except BaseException:
             for path in spilled:  # nobody will read them
                 with contextlib.suppress(OSError):
@@ -103,6 +114,59 @@ class PipeChannel:
 
     def close_writer(self) -> None:
         self._writer.close()
+
+    def direct_writer(self) -> DirectWriter:
+        """A writer for processes forked from this one, that shares the pipe with this process."""
+        lock = SharedWriteLock()
+        self.share_writes(lock)
+        return DirectWriter(os.dup(self._writer.fileno()), lock)
+
+
+class SharedWriteLock:
+    """A lock between processes that dies with its holder: a POSIX record lock on an unlinked
+    file. Processes forked afterwards share it; a holder killed mid-write frees it."""
+
+    def __init__(self) -> None:
+        fd, path = tempfile.mkstemp(prefix="steersman-lock-",
+                                    dir=SPILL_DIR if os.path.isdir(SPILL_DIR) else None)
+        os.unlink(path)
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+
+class DirectWriter:
+    """Writes whole small messages into a pipe that another process also writes to.
+
+    A write of at most the pipe's atomic size (``PIPE_BUF``) never mixes with other writes, so
+    messages stay whole; the shared lock keeps it out of a larger message being written.
+    """
+
+    #: The largest message (with its length prefix) that goes directly.
+    limit = select.PIPE_BUF
+
+    def __init__(self, fd: int, lock: SharedWriteLock):
+        self.fd = fd
+        self.lock = lock
+
+    def __call__(self, parts: Sequence[Frame]) -> bool:
+        """Write one message; False (nothing written) if it is too large to go directly."""
+        views = [memoryview(p).cast("B") for p in parts]
+        size = sum(v.nbytes for v in views)
+        if size + _LENGTH.size > self.limit:
+            return False
+        with self.lock:
+            write_all(self.fd, [memoryview(_LENGTH.pack(size)), *views])
+        return True
+
+    def close(self) -> None:
+        for fd in (self.fd, self.lock.fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class PipeQueues(BaseQueues):
@@ -177,6 +241,9 @@ class PipeQueues(BaseQueues):
 
     def _wake_receiver(self) -> None:
         os.write(self._wake[1], b"x")
+
+    def direct_results(self) -> DirectWriter:
+        return self._outcomes.direct_writer()
 
     # --- which process holds which end --------------------------------------------------------
 

@@ -26,7 +26,7 @@ from steersman.models.result import Result
 from steersman.models.serialization import Frame
 from steersman.queue.base import BaseQueues
 from steersman.task_server.deadlines import Deadlines
-from steersman.task_server.engine import Engine, Parts, WorkerContext
+from steersman.task_server.engine import DELIVERED, Engine, Parts, WorkerContext
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class TaskServer(_CONTEXT.Process):
         self.engine.start(WorkerContext(
             methods=self.methods, key=self.queues.signing_key,
             emit=self._forward_intermediate, in_forked_child=self.queues.on_worker_process,
+            direct_results=self.queues.direct_results,
         ))
         logger.info("task server ready with methods %s on executors %s", sorted(self.methods),
                     list(self.engine.executors))
@@ -166,7 +167,12 @@ class TaskServer(_CONTEXT.Process):
             logger.debug("dropped the late result of task %s", request.task_id)
             return
         try:
-            *intermediate, final = self._messages_of(request, future)
+            messages = self._messages_of(request, future)
+            if messages is DELIVERED:  # the worker handed the final result to the thinker
+                self.queues.request_done(request.task_id)
+                self._untrack(request)
+                return
+            *intermediate, final = messages
             for parts in intermediate:
                 self._forward_intermediate(request.topic, parts)
             _, flags = peek(final[0])
@@ -218,7 +224,7 @@ class TaskServer(_CONTEXT.Process):
     def _messages_of(self, request: Result, future: Future[list[Parts]]) -> list[Parts]:
         try:
             messages = future.result()
-            if not messages:
+            if not messages and messages is not DELIVERED:
                 raise RuntimeError("the engine returned no result message")
             return messages
         except Exception as exc:

@@ -1,8 +1,10 @@
 """The contract between the task server loop and the engine that runs tasks.
 
 An engine takes encoded request messages and returns, through a Future, the encoded result
-messages a worker produced (intermediate ones first, the final one last). The server loop does
-the rest — method lookup, retries, timeouts, forwarding results — once for every engine.
+messages a worker produced (intermediate ones first, the final one last), or :data:`DELIVERED`
+when the worker handed its final result straight to the thinker (see
+``WorkerContext.direct_results``). The server loop does the rest — method lookup, retries,
+timeouts, forwarding results — once for every engine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from steersman.models.serialization import Frame
 
 #: One message as a list of buffers (a single joined buffer is a list of one).
 Parts = Sequence[Frame]
+#: What an engine's future gives when the worker sent the final result to the thinker itself.
+DELIVERED: list[Parts] = []
 
 
 @dataclass
@@ -32,12 +36,16 @@ class WorkerContext:
         key: Signing key for messages, if the queues use one.
         emit: Forwards an intermediate result message (topic, parts) to the thinker at once.
         in_forked_child: Call in a process forked from the server to drop inherited handles.
+        direct_results: Call in the server before forking workers: a function with which those
+            workers hand a successful final result message to the thinker themselves (it
+            returns False if the message must go through the server), or None.
     """
 
     methods: Mapping[str, TaskMethod]
     key: bytes | None = None
     emit: Callable[[str, Parts], None] | None = None
     in_forked_child: Callable[[], None] = field(default=lambda: None)
+    direct_results: Callable[[], Callable[[Parts], bool] | None] = field(default=lambda: None)
 
 
 class Engine(ABC):

@@ -29,7 +29,7 @@ from steersman.models.result import Result
 from steersman.queue.base import BaseQueues
 from steersman.queue.pipe import PipeChannel
 from steersman.task_server.base import _CONTEXT, TaskServer
-from steersman.task_server.engine import Engine, Parts, WorkerContext
+from steersman.task_server.engine import DELIVERED, Engine, Parts, WorkerContext
 from steersman.task_server.worker import execute_request
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 #: A message before each request written to a worker: when the server received the request
 #: (NaN if unknown). Apart, so that a large request is forwarded as it came.
 _STAMP = struct.Struct("<d")
+#: A worker's reply telling the server that it sent the final result to the thinker itself.
+_DELIVERED_NOTE = b""
 
 
 class ThreadEngine(Engine):
@@ -107,7 +109,9 @@ class ProcessEngine(Engine):
 
     A request goes straight to an idle worker's pipe from the thread that submits it; when all
     workers are busy it waits, highest priority first, and the thread that reads a worker's
-    replies hands it the next one as soon as its task finished.
+    replies hands it the next one as soon as its task finished. Where the queues allow it, a
+    worker writes a small successful result straight to the thinker and only a note to the
+    server: the result skips a hop through the server.
     """
 
     stamps_received = True
@@ -121,10 +125,12 @@ class ProcessEngine(Engine):
         self._slots: list[_WorkerSlot] = []
         self._stopping = False
         self.lifeline: tuple[int, int] = (-1, -1)
+        self.direct: Callable[[Parts], bool] | None = None
 
     def start(self, context: WorkerContext) -> None:
         self._context = context
         self.lifeline = os.pipe()  # only the server holds the write end: EOF means it died
+        self.direct = context.direct_results()
         self._slots = [_WorkerSlot(i, self) for i in range(self.num_workers)]
         for slot in self._slots:  # fork every worker before any thread of ours exists
             slot.spawn()
@@ -168,6 +174,9 @@ class ProcessEngine(Engine):
         for fd in self.lifeline:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        close = getattr(self.direct, "close", None)
+        if close is not None:
+            close()
 
     def channels(self) -> Iterable[PipeChannel]:
         for slot in self._slots:
@@ -217,7 +226,8 @@ class _WorkerSlot:
         others = [c for c in self.engine.channels() if c not in (self.requests, self.replies)]
         self.process = _CONTEXT.Process(
             target=_worker_main, name=f"steersman-worker-{self.index}", daemon=False,
-            args=(self.requests, self.replies, context, others, self.engine.lifeline),
+            args=(self.requests, self.replies, context, others, self.engine.lifeline,
+                  self.engine.direct),
         )
         self.process.start()
         self.requests.close_reader()
@@ -245,6 +255,9 @@ class _WorkerSlot:
                 self._lost()
                 continue
             assert reply is not None
+            if reply == _DELIVERED_NOTE:
+                self._finished(DELIVERED)
+                continue
             _, flags = peek(reply)
             if flags & Flags.INTERMEDIATE:
                 if emit is not None and self._current is not None:
@@ -252,7 +265,7 @@ class _WorkerSlot:
                 continue
             self._finished([[reply]])
 
-    def _finished(self, messages: list[Parts]) -> None:
+    def _finished(self, messages: list[Parts]) -> None:  # DELIVERED: sent by the worker
         """The final reply came: start the next task, then hand the result to the server."""
         with self._lock:
             task, self._current = self._current, None
@@ -306,7 +319,8 @@ class _WorkerSlot:
 
 
 def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerContext,
-                 others: list[PipeChannel], lifeline: tuple[int, int]) -> None:
+                 others: list[PipeChannel], lifeline: tuple[int, int],
+                 direct: Callable[[Parts], bool] | None) -> None:
     """A worker process: run requests one at a time until the server closes the pipe."""
     _die_with_server(lifeline)
     context.in_forked_child()
@@ -316,8 +330,11 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
                 close()
     requests.close_writer()
     replies.close_reader()
+    streamed = False
 
     def stream(topic: str, parts: Parts) -> None:
+        nonlocal streamed
+        streamed = True
         replies.write(parts)
 
     while True:
@@ -328,9 +345,18 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
             return
         assert stamp is not None and request is not None
         (received,) = _STAMP.unpack_from(stamp)
-        for parts in execute_request(context.methods, request, context.key, stream, "local",
-                                     None if math.isnan(received) else received):
+        streamed = False
+        *held, final = execute_request(context.methods, request, context.key, stream, "local",
+                                       None if math.isnan(received) else received)
+        for parts in held:
             replies.write(parts)
+        # Failures go through the server, which decides on retries; so does a final result
+        # after intermediate ones, which must not overtake them.
+        if direct is not None and not streamed and not held \
+                and not peek(final[0])[1] & Flags.FAILED and direct(final):
+            replies.write([_DELIVERED_NOTE])
+        else:
+            replies.write(final)
 
 
 def _die_with_server(lifeline: tuple[int, int]) -> None:
