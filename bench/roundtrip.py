@@ -82,7 +82,7 @@ def measure(library: str, backend: str, n_tasks: int, in_flight: int, workers: i
     if backend == "pipe":
         queues = names["PipeQueues"]()
     else:
-        queues = names["RedisQueues"](hostname="127.0.0.1", port=6379)
+        queues = names["RedisQueues"](hostname="127.0.0.1", port=6379, topics=[])
     server = names["LocalTaskServer"](queues, [noop], threads=False, num_workers=workers)
     server.start()
     try:
@@ -120,12 +120,12 @@ def run_peer(python: str, args: argparse.Namespace, backend: str, k: int) -> dic
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def redis_available() -> bool:
+def redis_available(library: str) -> bool:
     try:
         import redis
 
         redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=0.5).ping()
-        importlib.import_module("steersman.queue.redis")
+        importlib.import_module(f"{'steersman' if library == 'steersman' else PEER}.queue.redis")
         return True
     except Exception:
         return False
@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON line per row")
     args = parser.parse_args()
 
-    backends = [b for b in args.backends.split(",") if b != "redis" or redis_available()]
+    backends = [b for b in args.backends.split(",") if b != "redis" or redis_available(args.library)]
     rows = []
     for backend in backends:
         for k in map(int, args.in_flight.split(",")):

@@ -41,9 +41,14 @@ def test_campaign_survives_a_redis_restart(
         thread, raised = run_in_thread(thinker)
         try:
             assert halfway.wait(30)
+            # Another agent waits on its own topic meanwhile: it reads the result streams
+            # through the outage (the processor is held up above).
+            other = threading.Thread(target=client.get_result, args=("sim", 3.0))
+            other.start()
             redis.stop()
             redis.start()
             restarted.set()
+            other.join(30)
             thread.join(40)
             assert not thread.is_alive(), "the campaign hung after Redis restarted"
             assert not raised, raised

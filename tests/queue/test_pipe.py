@@ -104,6 +104,80 @@ def test_large_messages_do_not_deadlock(pipe_queues):
     server.join(5)
 
 
+def test_sending_many_tasks_before_waiting_does_not_deadlock(pipe_queues):
+    """A one-thread server blocks sending results nobody waits for yet, so it stops reading
+    requests; the thinker, finding the request pipe full, reads results meanwhile."""
+    server = echo_server(pipe_queues)
+    payload = b"x" * (3 << 20)  # below the size that goes through shared memory
+    sender = threading.Thread(target=lambda: [
+        pipe_queues.send_inputs(payload, method="f", keep_inputs=False) for _ in range(12)])
+    sender.start()
+    sender.join(20)
+    assert not sender.is_alive(), "sending blocked: nobody read the results"
+    values = [pipe_queues.get_result(timeout=20).value for _ in range(12)]
+    assert values == [(payload,)] * 12
+    pipe_queues.send_kill_signal()
+    server.join(5)
+
+
+def test_waiters_on_different_topics_each_get_their_own(pipe_queues):
+    """One waiter reads for all; results of the other topic reach their waiter, and when the
+    reader leaves, a remaining waiter takes over reading."""
+    server = echo_server(pipe_queues)
+    got: dict[str, list[int]] = {"sim": [], "ml": []}
+
+    def collect(topic: str, count: int) -> None:
+        for _ in range(count):
+            got[topic].append(pipe_queues.get_result(topic, timeout=10).value[0])
+
+    threads = [threading.Thread(target=collect, args=("sim", 30)),
+               threading.Thread(target=collect, args=("ml", 60))]
+    for thread in threads:
+        thread.start()
+    for i in range(60):
+        if i < 30:
+            pipe_queues.send_inputs(i, method="f", topic="sim")
+        pipe_queues.send_inputs(100 + i, method="f", topic="ml")
+        time.sleep(0.001)
+    for thread in threads:
+        thread.join(20)
+    assert sorted(got["sim"]) == list(range(30))
+    assert sorted(got["ml"]) == list(range(100, 160))
+    pipe_queues.send_kill_signal()
+    server.join(5)
+
+
+def test_wake_stops_a_waiter_that_is_reading(pipe_queues):
+    stop = threading.Event()
+    returned: list[object] = []
+    waiter = threading.Thread(
+        target=lambda: returned.append(pipe_queues.wait_result("sim", None, stop.is_set)))
+    waiter.start()
+    time.sleep(0.1)  # blocked reading the pipe
+    start = time.perf_counter()
+    stop.set()
+    pipe_queues.wake()
+    waiter.join(5)
+    assert returned == [None] and time.perf_counter() - start < 0.1
+
+
+def test_close_ends_a_waiting_reader(pipe_queues):
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            pipe_queues.get_result()
+        except Exception as exc:  # noqa: BLE001
+            raised.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)
+    pipe_queues.close()
+    waiter.join(5)
+    assert not waiter.is_alive() and "closed" in str(raised[0])
+
+
 def _serve_in_child(queues: PipeQueues) -> None:
     queues.on_server_process()
     while True:

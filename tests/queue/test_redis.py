@@ -10,7 +10,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from time import monotonic
+from time import monotonic, sleep
 from typing import Any
 
 import pytest
@@ -307,6 +307,8 @@ def test_streams_do_not_grow(served: RedisQueues, redis_server: Any) -> None:
             assert served.get_result(topic, timeout=10) is not None
     raw = redis_server.client()
     assert served.wait_until_done(timeout=5)
+    assert max(stream_lengths(served, raw).values()) <= 10  # at most the batch read last
+    assert served.get_result(timeout=0.05) is None  # the next read acknowledges that batch
     assert set(stream_lengths(served, raw).values()) == {0}
     assert raw.xpending(served.requests_key, "servers")["pending"] == 0
 
@@ -318,14 +320,23 @@ def test_large_payload_is_raw_bytes(served: RedisQueues, redis_server: Any) -> N
     assert result is not None and result.value == payload * 2
 
 
-def test_close_ends_the_receiver_promptly(redis_server: Any) -> None:
+def test_close_ends_a_waiting_reader_promptly(redis_server: Any) -> None:
     client, _ = make_queue_pairs(redis_server.host, redis_server.port)
-    assert client.get_result(timeout=0.05) is None  # starts the receiver
-    receiver = client._receiver
-    assert receiver is not None and receiver.is_alive()
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            client.get_result()  # reads the result streams, blocked in Redis
+        except QueueConnectionError as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    sleep(0.2)
     start = monotonic()
     client.close()
-    assert not receiver.is_alive()
+    waiter.join(5)
+    assert not waiter.is_alive() and outcome
     assert monotonic() - start < 1.0
     raw = redis_server.client()
     assert not raw.exists(f"{client.prefix}:wake:{client._consumer}")

@@ -3,6 +3,11 @@
 A backend fills four methods that move whole messages (lists of buffers) in each direction;
 everything else — encoding, topics, outstanding-task accounting, waking waiters without
 polling — lives here once.
+
+Results are read by the threads that wait for them: one waiting thread at a time reads the
+transport for everyone (it leads), keeps results of its own topic and hands the others to their
+waiting threads; when it leaves, another waiter takes over. A result for a lone waiter thus
+wakes only that thread, not a receiver thread and then the waiter.
 """
 
 from __future__ import annotations
@@ -99,13 +104,16 @@ class BaseQueues(ABC):
         self._active_total = 0
         self._outstanding: dict[str, str] = {}  # task id -> topic, sent and not yet delivered
         self._broken: BaseException | None = None
-        self._receiver: threading.Thread | None = None
+        self._reader: threading.Thread | None = None  # the waiter reading the transport now
+        self._followers: dict[str, int] = dict.fromkeys(self.topics, 0)  # waiting, not reading
+        self._drainer: threading.Thread | None = None
         self._closing = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         for name in ("_observers", "_lock", "_arrived", "_idle", "_results", "_active",
-                     "_active_total", "_outstanding", "_broken", "_receiver", "_closing"):
+                     "_active_total", "_outstanding", "_broken", "_reader", "_followers",
+                     "_drainer", "_closing"):
             state.pop(name, None)
         return state
 
@@ -147,7 +155,7 @@ class BaseQueues(ABC):
         """Next result message of any topic for the thinker, or None after `timeout` or on wake."""
 
     def _wake_receiver(self) -> None:
-        """Interrupt a blocked :meth:`_recv_result` so the receiver thread can exit."""
+        """Interrupt a blocked :meth:`_recv_result`, so that its thread re-checks why it waits."""
 
     def _published_names(self, kind: str) -> frozenset[str] | None:
         """Names (``'methods'`` or ``'executors'``) a task server published through the
@@ -212,7 +220,6 @@ class BaseQueues(ABC):
         )
         self.prepare_request(result)
         parts = encode(Kind.REQUEST, result, key=self._key)
-        self._ensure_receiver()
         with self._lock:
             self._raise_if_broken()
         self.track(result.task_id, topic)
@@ -248,18 +255,30 @@ class BaseQueues(ABC):
         call `wake()` instead of polling.
         """
         self._check_topic(topic)
-        self._ensure_receiver()
         deadline = None if timeout is None else monotonic() + timeout
-        arrived, waiting = self._arrived[topic], self._results[topic]
+        waiting = self._results[topic]
+        me = threading.current_thread()
         with self._lock:
-            while not waiting:
-                self._raise_if_broken()
-                if stop is not None and stop():
-                    return None
-                remaining = None if deadline is None else deadline - monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                arrived.wait(remaining)
+            try:
+                while not waiting:
+                    if self._closing:
+                        raise QueueConnectionError("the queues were closed")
+                    self._raise_if_broken()
+                    if stop is not None and stop():
+                        return None
+                    remaining = None if deadline is None else deadline - monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return None
+                    if self._reader is None:
+                        self._reader = me  # read for everyone until this call returns
+                    if self._reader is me:
+                        self._read_one(remaining)
+                    else:
+                        self._follow(topic, remaining)
+            finally:
+                if self._reader is me:
+                    self._reader = None
+                    self._hand_over()
             result = waiting.popleft()
         self.complete_result(result)
         for observer in self._observers:
@@ -293,6 +312,7 @@ class BaseQueues(ABC):
             for condition in self._arrived.values():
                 condition.notify_all()
             self._idle.notify_all()
+            self._wake_reader()
 
     def send_kill_signal(self) -> None:
         """Tell the task server to finish running tasks and stop."""
@@ -324,7 +344,6 @@ class BaseQueues(ABC):
         """Send a request again with its own task id (a resumed campaign's lost requests)."""
         self._check_topic(request.topic)
         parts = encode(Kind.REQUEST, request, key=self._key)
-        self._ensure_receiver()
         self.track(request.task_id, request.topic)
         try:
             self._send_request(parts)
@@ -354,68 +373,117 @@ class BaseQueues(ABC):
             self._active_total -= 1
             if self._active[topic] == 0:  # processors of this topic may now be drained
                 self._arrived[topic].notify_all()
+                self._wake_reader()
             if self._active_total == 0:
                 self._idle.notify_all()
 
-    # --- receiving results in the background --------------------------------------------------
+    # --- receiving results: waiters take turns reading ---------------------------------------
 
-    def _ensure_receiver(self) -> None:
-        if self._receiver is not None:
-            return
-        with self._lock:
-            if self._receiver is None:
-                self._receiver = threading.Thread(
-                    target=self._receive_loop, name="steersman-result-receiver", daemon=True
-                )
-                self._receiver.start()
+    def _follow(self, topic: str, timeout: float | None) -> None:
+        """With the lock held: wait until a result of `topic` arrives or the reader leaves."""
+        self._followers[topic] += 1
+        try:
+            self._arrived[topic].wait(timeout)
+        finally:
+            self._followers[topic] -= 1
 
-    def _receive_loop(self) -> None:
-        while not self._closing:
-            try:
-                data = self._recv_result(None)
-            except QueueConnectionError as exc:
-                self._break(exc)
+    def _hand_over(self) -> None:
+        """With the lock held: the reader left; let one waiting thread (or the drainer) read."""
+        if self._drainer is not None:
+            self._idle.notify_all()  # the drainer waits on it for its turn
+        for topic, count in self._followers.items():
+            if count:
+                self._arrived[topic].notify()
                 return
-            except Exception as exc:  # a backend bug must not leave waiters hanging
-                logger.exception("result receiver failed")
-                self._break(QueueConnectionError(f"result receiver failed: {exc!r}"))
-                return
+
+    def _read_one(self, timeout: float | None) -> None:
+        """With the lock held (released meanwhile): read, decode and route one message."""
+        self._lock.release()
+        failure: QueueConnectionError | None = None
+        message: Message | None = None
+        try:
+            data = self._recv_result(timeout)
             if data is not None:
-                self._deliver(data)
+                message = self._decode_result(data)
+        except QueueConnectionError as exc:
+            failure = exc
+        except Exception as exc:  # a backend bug must not leave waiters hanging
+            logger.exception("reading results failed")
+            failure = QueueConnectionError(f"reading results failed: {exc!r}")
+        finally:
+            self._lock.acquire()
+        if failure is not None:
+            self._mark_broken(failure)
+        elif message is not None:
+            self._route(message)
 
-    def _deliver(self, data: Buffer) -> None:
+    def _decode_result(self, data: Buffer) -> Message | None:
         try:
             message = decode(data, key=self._key)
         except MessageError as exc:
             logger.error("dropped an undecodable result message: %s", exc)
-            return
-        result = message.result
-        if message.kind is not Kind.RESULT or result is None:
+            return None
+        if message.kind is not Kind.RESULT or message.result is None:
             logger.error("dropped a %s message on the result channel", message.kind.name)
-            return
-        with self._lock:
-            expected = self._outstanding.get(result.task_id)
-            if expected is None:
-                logger.warning("dropped a result for task %s: not outstanding (delivered twice, "
-                               "or never sent by this client)", result.task_id)
-                return
-            if result.complete is not False:
-                del self._outstanding[result.task_id]  # a second final result will be dropped
-            topic = expected
-            self._results[topic].append(result)
-            self._arrived[topic].notify()
+            return None
+        return message
 
-    def _break(self, exc: BaseException) -> None:
-        with self._lock:
-            if self._broken is None and not self._closing:
-                self._broken = exc
-                expected = self._kill_sent and self._active_total == 0
-                logger.log(logging.DEBUG if expected else logging.ERROR, "queues closed: %s", exc)
-        self.wake()
+    def _route(self, message: Message) -> None:
+        """With the lock held: queue a result for its topic's waiters."""
+        result = message.result
+        assert result is not None
+        topic = self._outstanding.get(result.task_id)
+        if topic is None:
+            logger.warning("dropped a result for task %s: not outstanding (delivered twice, "
+                           "or never sent by this client)", result.task_id)
+            return
+        if result.complete is not False:
+            del self._outstanding[result.task_id]  # a second final result will be dropped
+        self._results[topic].append(result)
+        self._arrived[topic].notify()
+
+    def _wake_reader(self) -> None:
+        """With the lock held: interrupt another thread's read so it re-checks its condition."""
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._wake_receiver()
+
+    def _mark_broken(self, exc: BaseException) -> None:
+        """With the lock held: the transport failed; every waiter raises `exc`."""
+        if self._broken is None and not self._closing:
+            self._broken = exc
+            expected = self._kill_sent and self._active_total == 0
+            logger.log(logging.DEBUG if expected else logging.ERROR, "queues closed: %s", exc)
+        for condition in self._arrived.values():
+            condition.notify_all()
+        self._idle.notify_all()
 
     def _raise_if_broken(self) -> None:
         if self._broken is not None:
             raise self._broken
+
+    def _drain_in_background(self) -> None:
+        """Read results in a thread of their own from now on (a send found the transport full:
+        the server may be waiting for room to send results nobody is waiting for)."""
+        with self._lock:
+            if self._drainer is not None or self._closing:
+                return
+            self._drainer = threading.Thread(target=self._drain, daemon=True,
+                                             name="steersman-result-drainer")
+            self._drainer.start()
+
+    def _drain(self) -> None:
+        with self._lock:
+            while not self._closing and self._broken is None:
+                if self._reader is not None:
+                    self._idle.wait()
+                    continue
+                self._reader = threading.current_thread()
+                try:
+                    while not self._closing and self._broken is None:
+                        self._read_one(None)
+                finally:
+                    self._reader = None
+                    self._hand_over()
 
     # --- server side --------------------------------------------------------------------------
 
@@ -506,9 +574,13 @@ class BaseQueues(ABC):
 
         Inputs stored for tasks that never came back are evicted from their store.
         """
-        self._closing = True
+        with self._lock:
+            self._closing = True
+            self._mark_broken(QueueConnectionError("the queues were closed"))
+            reader, drainer = self._reader, self._drainer
         if self._proxies is not None:
             self._proxies.close()
-        self._wake_receiver()
-        if self._receiver is not None and self._receiver is not threading.current_thread():
-            self._receiver.join(timeout=5)
+        if reader is not None:
+            self._wake_receiver()
+        if drainer is not None and drainer is not threading.current_thread():
+            drainer.join(timeout=5)

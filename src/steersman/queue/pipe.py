@@ -17,7 +17,7 @@ import select
 import struct
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.util import Finalize
 from typing import TYPE_CHECKING, Any
 
@@ -43,18 +43,26 @@ _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 class PipeChannel:
-    """One direction of a pipe: whole messages in, whole messages out."""
+    """One direction of a pipe: whole messages in, whole messages out.
 
-    def __init__(self) -> None:
+    Args:
+        watch_full: Make the writing end non-blocking, so that a write finding the pipe full
+            calls :attr:`on_full` (in the writing thread) before it waits for room.
+    """
+
+    def __init__(self, watch_full: bool = False) -> None:
         self._reader, self._writer = multiprocessing.Pipe(duplex=False)
         with contextlib.suppress(OSError):  # a larger buffer: fewer system calls for big messages
             fcntl.fcntl(self._writer.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
+        if watch_full:
+            os.set_blocking(self._writer.fileno(), False)
         self._init_local()
 
     def _init_local(self) -> None:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._shared: SharedWriteLock | None = None
+        self.on_full: Callable[[], None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_reader": self._reader, "_writer": self._writer}
@@ -82,9 +90,9 @@ class PipeChannel:
             with self._write_lock:
                 if self._shared is not None and sum(v.nbytes for v in views) > select.PIPE_BUF:
                     with self._shared:
-                        write_all(self._writer.fileno(), views)
+                        write_all(self._writer.fileno(), views, self.on_full)
                 else:
-                    write_all(self._writer.fileno(), views)
+                    write_all(self._writer.fileno(), views, self.on_full)
         except BaseException:
             for path in spilled:  # nobody will read them
                 with contextlib.suppress(OSError):
@@ -192,13 +200,16 @@ class PipeQueues(BaseQueues):
         proxystore_name: NameOption = None,
         proxystore_threshold: ThresholdOption = None,
     ):
-        self._requests = PipeChannel()
+        self._requests = PipeChannel(watch_full=True)
         self._outcomes = PipeChannel()
         super().__init__(topics, serialization_method, keep_inputs, methods, key,
                          proxystore_name, proxystore_threshold)
 
     def _init_local(self) -> None:
         super()._init_local()
+        # A thinker blocked sending requests reads results meanwhile: the server may be
+        # blocked sending results, and a thinker may send many tasks before it waits for any.
+        self._requests.on_full = self._drain_in_background
         old = getattr(self, "_wake", None)
         if old is not None:  # inherited through fork: this process gets its own
             for fd in old:
@@ -278,11 +289,20 @@ class PipeQueues(BaseQueues):
                     close()
 
 
-def write_all(fd: int, parts: Sequence[Frame]) -> None:
-    """Write every byte of `parts` to `fd` with vectored writes, resuming after short writes."""
+def write_all(fd: int, parts: Sequence[Frame], on_full: Callable[[], None] | None = None) -> None:
+    """Write every byte of `parts` to `fd` with vectored writes, resuming after short writes.
+
+    On a non-blocking `fd` that is full, `on_full` is called and the write waits for room.
+    """
     views = [memoryview(p).cast("B") for p in parts]
     while views:
-        written = os.writev(fd, views[:512])
+        try:
+            written = os.writev(fd, views[:512])
+        except BlockingIOError:
+            if on_full is not None:
+                on_full()
+            _wait_writable(fd)
+            continue
         while written:
             if written >= views[0].nbytes:
                 written -= views.pop(0).nbytes
@@ -390,6 +410,12 @@ def _read_exact(fd: int, size: int) -> bytearray:
             raise EOFError(f"pipe closed after {got} of {size} bytes")
         got += count
     return buffer
+
+
+def _wait_writable(fd: int) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll()  # an error or a closed reader shows too: the next write raises it
 
 
 def _wait_readable(fd: int, timeout: float | None, wake_fd: int | None) -> bool:
