@@ -271,10 +271,11 @@ shared file system would cost). Extra memory: tracemalloc peak during one round 
 payloads, in the thinker's process and in the worker's process (each one started before the
 round trip, so the input array itself is not counted, the landing buffer of the returned value
 is): 1.0 x in the thinker is the array that comes back. Not counted: kernel copies (pipe and
-socket buffers, page cache) and the task server process, which relays each message once per
-direction (pipes: read into one buffer, written out with vectored writes; Redis: one `bytes`
-from redis-py, joined once more when relayed back). Peer rows: the earlier library, same echo in
-its own interpreter; its memory is not traced.
+socket buffers, page cache), the Redis server, and the task server process, which relays each
+request and each result its worker does not send itself (pipes: read into one buffer, written
+out with vectored writes; Redis: a message of 1 MiB or more is read from its chunk keys straight
+into one mapped buffer, and a worker sends such a result to Redis itself). Peer rows: the
+earlier library, same echo in its own interpreter; its memory is not traced.
 """
 
 

@@ -145,7 +145,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON line per row")
     args = parser.parse_args()
 
-    backends = [b for b in args.backends.split(",") if b != "redis" or redis_available(args.library)]
+    backends = [backend for backend in args.backends.split(",")
+                if backend != "redis" or redis_available(args.library)]
     rows = []
     for backend in backends:
         for k in map(int, args.in_flight.split(",")):

@@ -565,6 +565,24 @@ def test_tls(tls_redis_server: Any) -> None:
     plain.close()
 
 
+def test_tls_large_message(tls_redis_server: Any) -> None:
+    """Large messages travel on raw connections of the pool, with the same TLS options."""
+    client, server = make_queue_pairs("localhost", tls_redis_server.port, ssl=True,
+                                      ssl_ca_certs=tls_redis_server.ca)
+    worker = Server(server)
+    payload = bytes(range(256)) * 12_000  # 3 MB: beside its stream entry, in chunks
+    try:
+        client.send_inputs(payload, method="double")
+        result = client.get_result(timeout=20)
+        assert result is not None and result.value == payload * 2
+    finally:
+        client.send_kill_signal()
+        worker.thread.join(timeout=10)
+        client.close()
+        server.close()
+        client.purge()
+
+
 # --- surviving a Redis restart ------------------------------------------------------------------
 
 

@@ -6,6 +6,12 @@ once its final result is sent (:meth:`RedisQueues.request_done`), so requests he
 died are claimed by another server after ``claim_idle`` seconds. Every entry is deleted once
 handled, so the streams do not grow over a campaign.
 
+A message of 1 MiB or more travels beside its entry, as string keys ``{prefix}:blob:{id}:{n}``
+written and read without redis-py's copies (see :mod:`steersman.queue._redis_blobs`); the entry
+names them. They are deleted with the entry, by whoever acknowledges it; a consumer that dies
+leaves them for the consumer that takes the entry over, and :meth:`RedisQueues.purge` removes
+any a campaign left behind.
+
 Nothing connects until first use, and a pickled copy connects again in its own process. If the
 connection drops (Redis restarted), every call retries with a short backoff for up to
 ``reconnect_timeout`` seconds before raising :class:`~steersman.exceptions.QueueConnectionError`.
@@ -31,9 +37,18 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from steersman.exceptions import QueueConnectionError
-from steersman.models.messages import Kind, Message, join
+from steersman.exceptions import MessageError, QueueConnectionError
+from steersman.models.messages import _PREFIX, Kind, Message, join, peek
 from steersman.models.serialization import Frame, SerializationMethod
+from steersman.queue._redis_blobs import (
+    BLOB_MIN_BYTES,
+    BadReference,
+    BlobRef,
+    blob_present,
+    new_buffer,
+    read_blob,
+    write_blob,
+)
 from steersman.queue.base import BaseQueues, Buffer
 
 if TYPE_CHECKING:
@@ -48,7 +63,12 @@ SERVER_GROUP = "servers"
 THINKER_GROUP = "thinker"
 """Consumer group of the thinker on each results stream."""
 PAYLOAD_FIELD = b"m"
-"""The one field of a stream entry: the whole message as raw bytes."""
+"""The field of a stream entry holding the whole message as raw bytes."""
+BLOB_FIELD = b"b"
+"""The field of a stream entry whose message is too large to hold: where its chunks are."""
+
+Payload = bytes | BlobRef
+"""What a stream entry carries: a message, or a reference to a large one."""
 
 _RESULT_BLOCK = 0.5  # longest blocking read of results, so close() is never held up for long
 _REQUEST_BLOCK = 1.0  # longest blocking read of requests, so stale claims are checked regularly
@@ -61,7 +81,7 @@ _LOCAL_NAMES = (
     "_client", "_consumer", "_stop", "_state_lock", "_resync_lock", "_connected",
     "_request_group_ready", "_result_groups_ready", "_resync_requests", "_resync_results",
     "_held", "_inflight", "_claimed", "_thread_state", "_next_claim", "_heartbeat",
-    "_result_buffer", "_unacked_results", "_published",
+    "_result_buffer", "_unacked_results", "_published", "_blobs", "_unacked_blobs",
 )
 
 
@@ -206,13 +226,15 @@ class RedisQueues(BaseQueues):
         # Server side: requests handed out and not acknowledged yet.
         self._held: set[bytes] = set()
         self._inflight: dict[str, bytes] = {}  # task id -> stream entry id
-        self._claimed: deque[tuple[bytes, bytes]] = deque()
+        self._claimed: deque[tuple[bytes, Payload]] = deque()
+        self._blobs: dict[bytes, BlobRef] = {}  # stream entry id -> its large message
         self._thread_state = threading.local()
         self._next_claim = 0.0
         self._heartbeat: threading.Thread | None = None
         # Client side: results read but not handed to the base class yet, and unacknowledged ids.
-        self._result_buffer: deque[bytes] = deque()
+        self._result_buffer: deque[Payload] = deque()
         self._unacked_results: dict[str, list[bytes]] = {}
+        self._unacked_blobs: list[BlobRef] = []
         self._published: dict[str, frozenset[str]] = {}  # published names, once found
 
     def __getstate__(self) -> dict[str, Any]:
@@ -297,8 +319,8 @@ class RedisQueues(BaseQueues):
             if not str(exc).startswith("BUSYGROUP"):
                 raise
 
-    def _ack(self, stream: str, ids: Sequence[bytes]) -> None:
-        """Acknowledge and delete entries, so the stream does not grow."""
+    def _ack(self, stream: str, ids: Sequence[bytes], blobs: Sequence[BlobRef] = ()) -> None:
+        """Acknowledge and delete entries, and the chunks of their large messages."""
         if not ids:
             return
         group = SERVER_GROUP if stream == self.requests_key else THINKER_GROUP
@@ -307,19 +329,82 @@ class RedisQueues(BaseQueues):
             pipe = client.pipeline(transaction=False)
             pipe.xack(stream, group, *ids)
             pipe.xdel(stream, *ids)
+            self._delete_blobs(pipe, blobs)
             pipe.execute()
 
         with contextlib.suppress(_MissingGroup):  # the group and its pending entries are gone
             self._call("acknowledge", ack)
 
+    def _delete_blobs(self, pipe: Any, blobs: Sequence[BlobRef]) -> None:
+        keys = [key for blob in blobs for key in blob.keys(self.prefix)]
+        if keys:
+            pipe.unlink(*keys)
+
+    # --- messages in stream entries ---------------------------------------------------------
+
+    def _send(self, stream: str, parts: Sequence[Frame], what: str) -> None:
+        """Add a message to a stream: inside its entry, or beside it if it is large."""
+        size = sum(memoryview(part).nbytes for part in parts)
+        if size < BLOB_MIN_BYTES:
+            data = join(parts)
+            self._call(what, lambda client: client.xadd(stream, {PAYLOAD_FIELD: data}))
+            return
+        blob = BlobRef.new(size)  # one id for every attempt: a retry overwrites, never doubles
+        fields = {BLOB_FIELD: blob.to_field()}
+        self._call(what, lambda client: write_blob(client, self.prefix, blob, parts, stream,
+                                                   fields))
+
+    def _payload(self, fields: Mapping[bytes, bytes] | None) -> Payload | None:
+        """What an entry carries; None for an entry without a message (deleted unread)."""
+        fields = fields or {}
+        data = fields.get(PAYLOAD_FIELD)
+        if data is not None:
+            return data
+        raw = fields.get(BLOB_FIELD)
+        if raw is None:
+            return None
+        try:
+            return BlobRef.from_field(raw)
+        except BadReference as exc:
+            logger.error("dropped a stream entry: %s", exc)
+            return None
+
+    def _fetch(self, payload: Payload) -> Buffer | None:
+        """The bytes of a message; None if its chunks are gone (handled by someone else)."""
+        if not isinstance(payload, BlobRef):
+            return payload
+        if not self._call("look for a large message",
+                          lambda client: blob_present(client, payload, self.prefix)):
+            logger.warning("dropped large message %s: its chunks are gone or do not match "
+                           "(handled already, or not written by steersman)", payload.blob_id)
+            return None
+        try:
+            buffer = new_buffer(payload)
+        except BadReference as exc:
+            logger.error("dropped a large message: %s", exc)
+            return None
+        if self._call("read a large message",
+                      lambda client: read_blob(client, self.prefix, payload, buffer)):
+            return memoryview(buffer)
+        logger.warning("dropped large message %s: its chunks changed while it was read",
+                       payload.blob_id)
+        return None
+
     # --- client side: sending requests, receiving results -------------------------------------
 
     def _send_request(self, parts: Sequence[Frame]) -> None:
-        data = join(parts)
-        self._call("send a request",
-                   lambda client: client.xadd(self.requests_key, {PAYLOAD_FIELD: data}))
+        self._send(self.requests_key, parts, "send a request")
 
     def _recv_result(self, timeout: float | None) -> Buffer | None:
+        payload = self._next_result(timeout)
+        while payload is not None:
+            data = self._fetch(payload)
+            if data is not None:
+                return data
+            payload = self._result_buffer.popleft() if self._result_buffer else None
+        return None
+
+    def _next_result(self, timeout: float | None) -> Payload | None:
         if self._result_buffer:
             return self._result_buffer.popleft()
         block = _RESULT_BLOCK if timeout is None else min(timeout, _RESULT_BLOCK)
@@ -356,26 +441,30 @@ class RedisQueues(BaseQueues):
         streams = {self.results_key(topic): start for topic in self.topics}
         streams[self._wake_key()] = start
         done = {stream: ids for stream, ids in self._unacked_results.items() if ids}
+        done_blobs = self._unacked_blobs
 
         def read(client: redis.Redis) -> Any:
             pipe = client.pipeline(transaction=False)
             for stream, ids in done.items():
                 pipe.xack(stream, THINKER_GROUP, *ids)
                 pipe.xdel(stream, *ids)
+            self._delete_blobs(pipe, done_blobs)
             pipe.xreadgroup(THINKER_GROUP, self._consumer, streams,  # type: ignore[arg-type]
                             count=_RESULT_BATCH, block=_block_ms(block))
             return pipe.execute()[-1]
 
         reply = self._call("read results", read)
-        self._unacked_results = {}
+        self._unacked_results, self._unacked_blobs = {}, []
         for raw_stream, entries in cast(list[Any], reply or []):
             stream = raw_stream.decode()
             ids = self._unacked_results.setdefault(stream, [])
             for entry_id, fields in entries:
                 ids.append(entry_id)
-                data = (fields or {}).get(PAYLOAD_FIELD)
-                if data is not None and stream != self._wake_key():
-                    self._result_buffer.append(data)
+                payload = self._payload(fields)
+                if isinstance(payload, BlobRef):
+                    self._unacked_blobs.append(payload)  # deleted with the entry
+                if payload is not None and stream != self._wake_key():
+                    self._result_buffer.append(payload)
 
     def _wake_receiver(self) -> None:
         if not self._result_groups_ready:
@@ -426,7 +515,9 @@ class RedisQueues(BaseQueues):
         self._release([entry])
 
     def _release(self, entries: list[bytes]) -> None:
-        self._ack(self.requests_key, entries)
+        with self._state_lock:
+            blobs = [blob for entry in entries if (blob := self._blobs.pop(entry, None))]
+        self._ack(self.requests_key, entries, blobs)
         with self._state_lock:
             self._held.difference_update(entries)
 
@@ -450,7 +541,10 @@ class RedisQueues(BaseQueues):
                 if not self._claimed and self._resync_requests:
                     self._resync_own_requests()
                 if self._claimed:
-                    return self._hand_out(*self._claimed.popleft())
+                    data = self._hand_out(*self._claimed.popleft())
+                    if data is not None:
+                        return data
+                    continue
                 remaining = None if deadline is None else max(0.0, deadline - monotonic())
                 block = _REQUEST_BLOCK if remaining is None else min(remaining, _REQUEST_BLOCK)
                 if self.claim_idle > 0:
@@ -463,18 +557,28 @@ class RedisQueues(BaseQueues):
                 continue
             for _, entries in cast(list[Any], reply or []):
                 for entry, fields in entries:
-                    data = (fields or {}).get(PAYLOAD_FIELD)
-                    if data is None:
+                    payload = self._payload(fields)
+                    if payload is None:
                         self._ack(self.requests_key, [entry])
                         continue
-                    return self._hand_out(entry, data)
+                    data = self._hand_out(entry, payload)
+                    if data is not None:
+                        return data
             if deadline is not None and monotonic() >= deadline:
                 return None
         return None  # closed
 
-    def _hand_out(self, entry: bytes, data: bytes) -> bytes:
-        with self._state_lock:
+    def _hand_out(self, entry: bytes, payload: Payload) -> Buffer | None:
+        """The message of a request entry now held by this server; None (and the entry
+        deleted) if a large message's chunks are gone."""
+        with self._state_lock:  # held first: the heartbeat keeps it during a long read
             self._held.add(entry)
+            if isinstance(payload, BlobRef):
+                self._blobs[entry] = payload
+        data = self._fetch(payload)
+        if data is None:
+            self._release([entry])
+            return None
         self._thread_state.entry = entry
         return data
 
@@ -497,15 +601,15 @@ class RedisQueues(BaseQueues):
             with self._state_lock:
                 mine = set(self._held)
             for entry, fields in entries:
-                data = (fields or {}).get(PAYLOAD_FIELD)
                 if entry in mine:
                     continue  # ours and still running: the claim only refreshed it
-                if data is None:
+                payload = self._payload(fields)
+                if payload is None:
                     self._ack(self.requests_key, [entry])
                     continue
                 logger.warning("took over request entry %s from a server silent for %g s or "
                                "more", entry.decode(), self.claim_idle)
-                self._claimed.append((entry, data))
+                self._claimed.append((entry, payload))
             if start in (b"0-0", "0-0"):
                 break
 
@@ -525,15 +629,15 @@ class RedisQueues(BaseQueues):
                 mine = set(self._held)
             for _, entries in cast(list[Any], reply or []):
                 for entry, fields in entries:
-                    data = (fields or {}).get(PAYLOAD_FIELD)
                     if entry in mine:
                         continue
-                    if data is None:
+                    payload = self._payload(fields)
+                    if payload is None:
                         self._ack(self.requests_key, [entry])
                     else:
                         logger.info("recovered request entry %s after reconnecting",
                                     entry.decode())
-                        self._claimed.append((entry, data))
+                        self._claimed.append((entry, payload))
             self._resync_requests = False
 
     def _start_heartbeat(self) -> None:
@@ -570,9 +674,28 @@ class RedisQueues(BaseQueues):
                           message_ids=list[Any](mine), justid=True)
 
     def _send_result(self, topic: str, parts: Sequence[Frame]) -> None:
-        data = join(parts)
-        self._call("send a result", lambda client: client.xadd(
-            self.results_key(topic), {PAYLOAD_FIELD: data}))
+        self._send(self.results_key(topic), parts, "send a result")
+
+    def direct_results(self) -> Callable[[Sequence[Frame]], bool]:
+        """Workers forked from the server send large final results to Redis themselves, each
+        on its own connection: the result does not cross the worker's pipe into the server
+        only to leave it again. Small results still go through the server."""
+        return self._send_directly
+
+    def _send_directly(self, parts: Sequence[Frame]) -> bool:
+        """In a worker: send a large final result; False to leave it to the server."""
+        if sum(memoryview(part).nbytes for part in parts) < BLOB_MIN_BYTES:
+            return False
+        topic = _topic_of(parts)
+        if topic is None or topic not in self.topics:
+            return False
+        try:
+            self._send(self.results_key(topic), parts, "send a result")
+        except QueueConnectionError as exc:
+            logger.warning("a worker could not send its result itself (%s); the server will",
+                           exc)
+            return False
+        return True
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -591,14 +714,17 @@ class RedisQueues(BaseQueues):
                     with contextlib.suppress(redis.exceptions.RedisError):
                         self._client.xack(stream, THINKER_GROUP, *ids)
                         self._client.xdel(stream, *ids)
-            self._unacked_results = {}
+            with contextlib.suppress(redis.exceptions.RedisError):
+                self._delete_blobs(self._client, self._unacked_blobs)
+            self._unacked_results, self._unacked_blobs = {}, []
             if self._result_groups_ready:
                 with contextlib.suppress(redis.exceptions.RedisError):
                     self._client.delete(self._wake_key())
             self._client.close()
 
     def purge(self) -> int:
-        """Delete every key of this campaign (streams, method names); returns how many."""
+        """Delete every key of this campaign (streams, method names, chunks of large messages
+        left by a consumer that died); returns how many."""
         pattern = f"{self.prefix}:*"
 
         def delete(client: redis.Redis) -> int:
@@ -645,3 +771,24 @@ def _block_ms(seconds: float | None) -> int | None:
     if seconds is None or seconds <= 0:
         return None
     return max(1, math.ceil(seconds * 1000))
+
+
+def _topic_of(parts: Sequence[Frame]) -> str | None:
+    """The topic in the header of an encoded result, read from its first part (where
+    :func:`~steersman.models.messages.encode` puts the header); None if it is not there."""
+    head = memoryview(parts[0]).cast("B")
+    try:
+        kind, _ = peek(head)
+    except (MessageError, ValueError):
+        return None
+    if kind is not Kind.RESULT:
+        return None
+    *_, n_inputs, n_values, header_len = _PREFIX.unpack_from(head)
+    start = _PREFIX.size + 8 * (n_inputs + n_values)
+    if start + header_len > head.nbytes:
+        return None
+    try:
+        topic = json.loads(bytes(head[start:start + header_len])).get("topic")
+    except ValueError:
+        return None
+    return topic if isinstance(topic, str) else None

@@ -1,0 +1,331 @@
+"""Large messages over Redis: carried beside their stream entries as chunk keys."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from steersman import LocalTaskServer
+from steersman.models.messages import Kind, encode, join
+from steersman.models.result import Result
+from steersman.queue._redis_blobs import (
+    BLOB_MIN_BYTES,
+    CHUNK_BYTES,
+    BadReference,
+    BlobRef,
+    _cut,
+)
+from steersman.queue.redis import (
+    BLOB_FIELD,
+    PAYLOAD_FIELD,
+    RedisQueues,
+    _topic_of,
+    make_queue_pairs,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+BIG = np.random.default_rng(0).random(20_000_000 // 8)  # 20 MB
+
+
+def add_one(x: np.ndarray) -> np.ndarray:
+    return x + 1
+
+
+def blob_keys(raw: Any, queues: RedisQueues) -> list[bytes]:
+    return list(raw.scan_iter(match=f"{queues.prefix}:blob:*", count=1000))
+
+
+@pytest.fixture
+def pair(redis_server: Any) -> Iterator[tuple[RedisQueues, RedisQueues]]:
+    client, server = make_queue_pairs(redis_server.host, redis_server.port)
+    yield client, server
+    client.close()
+    server.close()
+    client.purge()
+
+
+# --- through a real task server ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["worker-processes", "threads"])
+def test_large_array_round_trip_is_intact_and_leaves_no_keys(
+    redis_server: Any, threads: bool,
+) -> None:
+    client, server_queues = make_queue_pairs(redis_server.host, redis_server.port)
+    server = LocalTaskServer(server_queues, [add_one], threads=threads, num_workers=1)
+    server.start()
+    raw = redis_server.client()
+    try:
+        for _ in range(2):
+            client.send_inputs(BIG, method="add_one", keep_inputs=False)
+            result = client.get_result(timeout=30)
+            assert result is not None and result.success, result and result.failure_info
+            assert result.value.shape == BIG.shape
+            assert np.array_equal(result.value, BIG + 1)
+            assert result.value.flags.writeable  # landed in writable memory: no extra copy
+        client.send_kill_signal()
+        server.join(timeout=30)
+        assert server.exitcode == 0
+        client.close()  # acknowledges (and deletes) the last result read
+        assert blob_keys(raw, client) == []
+        assert raw.xlen(client.requests_key) == 0
+        assert raw.xlen(client.results_key("default")) == 0
+    finally:
+        if server.is_alive():
+            server.kill()
+        client.close()
+        client.purge()
+
+
+def test_large_request_travels_beside_its_entry(
+    pair: tuple[RedisQueues, RedisQueues], redis_server: Any,
+) -> None:
+    client, server = pair
+    raw = redis_server.client()
+    task_id = client.send_inputs(BIG, method="add_one")
+    ((_, fields),) = raw.xrange(client.requests_key)
+    assert PAYLOAD_FIELD not in fields
+    ref = BlobRef.from_field(fields[BLOB_FIELD])
+    assert ref.size > BIG.nbytes and ref.count == -(-ref.size // CHUNK_BYTES)
+    assert sorted(blob_keys(raw, client)) == sorted(ref.keys(client.prefix))
+
+    message = server.get_task(timeout=10)
+    assert message is not None and message.result is not None
+    assert message.result.task_id == task_id
+    assert np.array_equal(message.result.decode_inputs()[0][0], BIG)
+    assert blob_keys(raw, client) != []  # kept until the request is done: a server may die
+    server.request_done(task_id)
+    assert blob_keys(raw, client) == []
+    assert raw.xlen(client.requests_key) == 0
+
+
+def test_small_messages_stay_inside_their_entry(
+    pair: tuple[RedisQueues, RedisQueues], redis_server: Any,
+) -> None:
+    client, _ = pair
+    raw = redis_server.client()
+    client.send_inputs(np.zeros(BLOB_MIN_BYTES // 16), method="add_one")
+    ((_, fields),) = raw.xrange(client.requests_key)
+    assert BLOB_FIELD not in fields and PAYLOAD_FIELD in fields
+    assert blob_keys(raw, client) == []
+
+
+# --- redelivery --------------------------------------------------------------------------------
+
+
+def test_large_request_of_a_dead_server_goes_to_another(redis_server: Any) -> None:
+    client, first = make_queue_pairs(redis_server.host, redis_server.port)
+    eager = RedisQueues(redis_server.host, redis_server.port, prefix=client.prefix, claim_idle=0)
+    raw = redis_server.client()
+    try:
+        task_id = client.send_inputs(BIG, method="add_one")
+        message = first.get_task(timeout=10)
+        assert message is not None and message.result is not None
+        first.close()  # "dies" holding the request, without acknowledging it
+
+        taken = eager.get_task(timeout=10)
+        assert taken is not None and taken.result is not None
+        assert taken.result.task_id == task_id
+        (value,), _ = taken.result.decode_inputs()
+        assert np.array_equal(value, BIG)
+        taken.result.set_result(value + 1)
+        eager.send_result(taken.result)
+        eager.request_done(task_id)
+        assert raw.xlen(client.requests_key) == 0
+
+        result = client.get_result(timeout=10)
+        assert result is not None and np.array_equal(result.value, BIG + 1)
+        client.close()
+        assert blob_keys(raw, client) == []
+    finally:
+        for queues in (client, eager):
+            queues.close()
+        client.purge()
+
+
+def test_purge_removes_chunks_nobody_read(
+    pair: tuple[RedisQueues, RedisQueues], redis_server: Any,
+) -> None:
+    client, _ = pair
+    raw = redis_server.client()
+    client.send_inputs(BIG, method="add_one")
+    assert blob_keys(raw, client) != []
+    client.purge()
+    assert blob_keys(raw, client) == []
+
+
+def test_entry_whose_chunks_are_gone_is_dropped(
+    pair: tuple[RedisQueues, RedisQueues], redis_server: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    client, server = pair
+    raw = redis_server.client()
+    client.send_inputs(BIG, method="add_one")
+    raw.delete(blob_keys(raw, client)[0])  # as if another server had finished it already
+    with caplog.at_level(logging.WARNING, logger="steersman.queue.redis"):
+        assert server.get_task(timeout=2) is None
+    assert any("chunks are gone" in r.getMessage() for r in caplog.records)
+    assert raw.xlen(client.requests_key) == 0
+    assert blob_keys(raw, client) == []
+
+    task_id = client.send_inputs(BIG, method="add_one")  # the next one still goes through
+    message = server.get_task(timeout=10)
+    assert message is not None and message.result is not None
+    assert message.result.task_id == task_id
+
+
+# --- security ----------------------------------------------------------------------------------
+
+
+class _Marker:
+    """Unpickling this creates a file: proof that untrusted bytes were unpickled."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.path,))
+
+
+def _forge(raw: Any, queues: RedisQueues, message: bytes, size: int | None = None) -> None:
+    """Write a large message as a rogue would: chunk keys and an entry naming them."""
+    ref = BlobRef.new(len(message) if size is None else size)
+    for key, pieces in zip(ref.keys(queues.prefix), _cut([message], ref.chunk_bytes)):
+        raw.set(key, b"".join(pieces))
+    raw.xadd(queues.requests_key, {BLOB_FIELD: ref.to_field()})
+
+
+def test_forged_large_messages_are_rejected_unopened(
+    redis_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    marker = tmp_path / "unpickled"
+    client, server = make_queue_pairs(redis_server.host, redis_server.port, key="s3cret")
+    raw = redis_server.client()
+    rogue = Result(method="add_one", inputs=((_Marker(marker), np.ones(200_000)), {}))
+    rogue.encode_inputs()
+    unsigned = join(encode(Kind.REQUEST, rogue))
+    assert len(unsigned) > BLOB_MIN_BYTES
+    try:
+        _forge(raw, client, unsigned)
+        _forge(raw, client, join(encode(Kind.REQUEST, rogue, key=b"wrong")))
+        _forge(raw, client, pickle.dumps(_Marker(marker)) + bytes(BLOB_MIN_BYTES))
+        _forge(raw, client, unsigned[:BLOB_MIN_BYTES], size=10**10)  # claims 10 GB it lacks
+        raw.xadd(client.requests_key, {BLOB_FIELD: b"../../etc:12:34"})
+        not_a_chunk = BlobRef.new(10)
+        raw.rpush(not_a_chunk.keys(client.prefix)[0], b"0123456789")  # a list, not a string
+        raw.xadd(client.requests_key, {BLOB_FIELD: not_a_chunk.to_field()})
+        with caplog.at_level(logging.WARNING):
+            assert server.get_task(timeout=3) is None  # each one is dropped, the server lives
+        rejected = [r for r in caplog.records if "rejected" in r.getMessage()
+                    or "dropped" in r.getMessage()]
+        assert len(rejected) == 6, [r.getMessage() for r in caplog.records]
+        assert not marker.exists()
+        assert raw.xlen(client.requests_key) == 0  # the forged entries were deleted
+        assert blob_keys(raw, client) == []  # and so were their chunks
+
+        task_id = client.send_inputs(BIG, method="add_one")  # a signed one goes through
+        message = server.get_task(timeout=10)
+        assert message is not None and message.result is not None
+        assert message.result.task_id == task_id
+        assert not marker.exists()
+    finally:
+        client.close()
+        server.close()
+        client.purge()
+
+
+@pytest.mark.parametrize("field", [b"", b"x", b"0" * 32 + b":0:1048576",
+                                   b"0" * 32 + b":10:1", b"0" * 32 + b":-5:1048576",
+                                   b"0" * 32 + b":" + str(10**12).encode() + b":65536",
+                                   b"ZZ" * 16 + b":10:1048576", b"\xff"])
+def test_malformed_references_are_refused(field: bytes) -> None:
+    with pytest.raises(BadReference):
+        BlobRef.from_field(field)
+
+
+def test_references_round_trip() -> None:
+    ref = BlobRef.new(5 * CHUNK_BYTES + 1)
+    assert BlobRef.from_field(ref.to_field()) == ref
+    assert ref.count == 6 and len(set(ref.keys("p"))) == 6
+
+
+def test_topic_is_read_from_the_first_part_of_a_result() -> None:
+    result = Result(method="add_one", topic="train", inputs=((1,), {}))
+    result.encode_inputs()
+    result.set_result(BIG)
+    parts = encode(Kind.RESULT, result, key=b"k")
+    assert _topic_of(parts) == "train"
+    assert _topic_of([join(parts)]) == "train"
+    assert _topic_of(encode(Kind.REQUEST, result)) is None  # only results go directly
+    assert _topic_of([b"not a message"]) is None
+    assert _topic_of([join(parts)[:40]]) is None  # the header is cut off
+
+
+@given(st.lists(st.binary(max_size=300), max_size=8), st.integers(1, 200))
+def test_cut_keeps_every_byte_in_order(parts: list[bytes], size: int) -> None:
+    chunks = [b"".join(pieces) for pieces in _cut(parts, size)]
+    assert b"".join(chunks) == b"".join(parts)
+    assert all(0 < len(chunk) <= size for chunk in chunks)
+    assert all(len(chunk) == size for chunk in chunks[:-1])
+
+
+# --- connection options and server limits -----------------------------------------------------
+
+
+def round_trip_directly(client: RedisQueues, server: RedisQueues,
+                        check: Callable[[], None] = lambda: None) -> None:
+    """A large request and its result, served by hand; `check` runs while both wait."""
+    task_id = client.send_inputs(BIG, method="add_one")
+    check()
+    message = server.get_task(timeout=10)
+    assert message is not None and message.result is not None
+    result = message.result
+    (value,), _ = result.decode_inputs()
+    result.set_result(value + 1)
+    server.send_result(result)
+    server.request_done(task_id)
+    back = client.get_result(timeout=10)
+    assert back is not None and np.array_equal(back.value, BIG + 1)
+
+
+def test_large_messages_use_the_acl_user_and_database(redis_server: Any) -> None:
+    raw = redis_server.client()
+    raw.acl_setuser("steersman-large", enabled=True, passwords=["+s3cret"], keys=["*"],
+                    channels=["*"], commands=["+@all"])
+    client, server = make_queue_pairs(redis_server.host, redis_server.port, db=5,
+                                      username="steersman-large", password="s3cret")
+
+    def in_database_5() -> None:
+        assert blob_keys(redis_server.client(db=5), client) != []
+        assert blob_keys(raw, client) == []
+
+    try:
+        round_trip_directly(client, server, in_database_5)
+    finally:
+        client.close()
+        server.close()
+        client.purge()
+        raw.acl_deluser("steersman-large")
+
+
+def test_message_larger_than_the_servers_bulk_limit(
+    make_redis_server: Callable[..., Any],
+) -> None:
+    """Chunks keep every argument small: Redis's own limit on one value does not apply
+    (scaled down: 1 MiB here, 512 MB by default)."""
+    limited = make_redis_server("--proto-max-bulk-len", "1mb", "--appendonly", "no")
+    client, server = make_queue_pairs(limited.host, limited.port)
+    try:
+        round_trip_directly(client, server)
+    finally:
+        client.close()
+        server.close()
+        client.purge()
