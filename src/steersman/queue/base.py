@@ -95,7 +95,7 @@ class BaseQueues(ABC):
     # --- per-process state --------------------------------------------------------------------
 
     def _init_local(self) -> None:
-        """Create what cannot cross a process boundary: locks, waiters, the receiver thread."""
+        """Create what cannot cross a process boundary: locks, waiters, reading state."""
         self._lock = threading.Lock()
         self._arrived = {topic: threading.Condition(self._lock) for topic in self.topics}
         self._idle = threading.Condition(self._lock)
@@ -570,7 +570,7 @@ class BaseQueues(ABC):
             raise ValueError(f"unknown executor {executor!r}; valid executors: {sorted(known)}")
 
     def close(self) -> None:
-        """Stop the background receiver; the queues cannot be used afterwards.
+        """End every wait (with QueueConnectionError); the queues cannot be used afterwards.
 
         Inputs stored for tasks that never came back are evicted from their store.
         """

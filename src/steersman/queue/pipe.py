@@ -1,8 +1,11 @@
 """The embedded backend: OS pipes between the thinker's process and the task server's.
 
 No service to start. Each direction is one pipe carrying length-prefixed messages written with
-vectored writes (payload frames are never joined). A background receiver on each side always
-drains its pipe, so a large message can never deadlock the two processes.
+vectored writes (payload frames are never joined); messages of 4 MB or more go through a file in
+shared memory and the pipe carries its name. The server always reads requests; the thinker
+reads results while it waits for them, and whenever a send finds the request pipe full, so
+neither side can block the other for good. Worker processes of a local task server write
+small results into the result pipe themselves (see :class:`DirectWriter`).
 """
 
 from __future__ import annotations
@@ -215,7 +218,7 @@ class PipeQueues(BaseQueues):
             for fd in old:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._wake: tuple[int, int] = os.pipe()  # made eagerly: close() and the receiver race
+        self._wake: tuple[int, int] = os.pipe()  # made eagerly: close() and a reader race
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
