@@ -72,7 +72,8 @@ def build(run_dir: Path, n_results: int, seed: int = 1) -> None:
     journal = recording.journal
     journal.append(RecordKind.SESSION, [to_json({"pid": os.getpid(), "host": "bench",
                                                  "thinker": f"{__name__}.Rebuild",
-                                                 "started": time.time(), "resumed": False})])
+                                                 "started": time.time(),
+                                                 "resumed": False}).encode()])
     start = time.time() - n_results * 0.01
     free = [start] * WORKERS
     best = 10.0
@@ -101,7 +102,7 @@ def build(run_dir: Path, n_results: int, seed: int = 1) -> None:
         request.set_result(None if train else best + rng.expovariate(0.5))
         request.encode_value()
         recording.result_received(request)
-        journal.append(RecordKind.PROCESSED, [request.task_id], defer=True)
+        journal.defer(RecordKind.PROCESSED, request.task_id)
         free[worker] = stamps.compute_ended
         if train:  # slots move to training and back, as in the seed's re-allocation demo
             directory.write_allocation({None: 0, "simulate": WORKERS - 1, "train": 1},

@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,6 +100,8 @@ def measure(library: str, backend: str, n_tasks: int, in_flight: int, workers: i
     finally:
         queues.send_kill_signal()
         server.join(60)
+        if "run_dir" in extra:  # measured: the run directory is not kept
+            shutil.rmtree(extra["run_dir"], ignore_errors=True)
     latencies = sorted(thinker.latencies)
     return {
         "library": library, "backend": backend, "in_flight": in_flight, "tasks": n_tasks,
@@ -139,8 +142,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--peer", metavar="PYTHON", help="interpreter with the earlier library")
     parser.add_argument("--journal", metavar="DIR", nargs="?", const=tempfile.gettempdir(),
-                        help="journal the thinker: run_dir=a new directory under DIR "
-                        "(default DIR: the system's temporary directory)")
+                        help="journal the thinker: run_dir=a new directory under DIR, "
+                        "removed after the run (default DIR: the system's temporary directory)")
     parser.add_argument("--library", default="steersman", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON line per row")
     args = parser.parse_args()

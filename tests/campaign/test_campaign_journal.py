@@ -1,7 +1,14 @@
-"""The journal: records round-trip, a torn or corrupt tail ends it, the writer repairs it."""
+"""The journal: records round-trip, a torn or corrupt tail ends it, the writer repairs it;
+records appended are in the file at once, queued ones before the next appended one."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from array import array
 from pathlib import Path
 
 import pytest
@@ -16,17 +23,19 @@ from steersman.campaign.journal import (
 )
 
 
-def _write(path: Path, count: int) -> None:
-    writer = JournalWriter(path)
+def _write(path: Path, count: int, mapped: bool = True) -> None:
+    writer = JournalWriter(path, mapped=mapped)
+    assert writer.mapped == mapped
     for i in range(count):
-        writer.append(RecordKind.REQUEST, [f"task{i}", "sim", "square", "", "{}"],
+        writer.append(RecordKind.REQUEST, [f"task{i}".encode(), b"sim", b"square", b"", b"{}"],
                       [b"inputs", bytes([i]) * 100])
     writer.close()
 
 
-def test_records_round_trip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mapped", [True, False])
+def test_records_round_trip(tmp_path: Path, mapped: bool) -> None:
     path = tmp_path / "journal.bin"
-    _write(path, 3)
+    _write(path, 3, mapped)
     records, end = read_journal(path)
     assert end == path.stat().st_size
     assert [r.fields[0] for r in records] == ["task0", "task1", "task2"]
@@ -38,7 +47,7 @@ def test_records_round_trip(tmp_path: Path) -> None:
 def test_unicode_fields_and_empty_frames(tmp_path: Path) -> None:
     path = tmp_path / "journal.bin"
     writer = JournalWriter(path)
-    writer.append(RecordKind.SESSION, ['{"who": "thinker ünïcode"}'])
+    writer.append(RecordKind.SESSION, ['{"who": "thinker ünïcode"}'.encode()])
     writer.close()
     (record,), _ = read_journal(path)
     assert record.fields == ['{"who": "thinker ünïcode"}'] and record.frames == []
@@ -48,13 +57,13 @@ def test_torn_tail_is_ignored_then_cut_by_the_writer(tmp_path: Path) -> None:
     path = tmp_path / "journal.bin"
     _write(path, 2)
     whole = path.stat().st_size
-    torn = b"".join(bytes(p) for p in encode_record(RecordKind.RESULT, ["x"], [b"y" * 50]))
+    torn = b"".join(bytes(p) for p in encode_record(RecordKind.RESULT, [b"x"], [b"y" * 50]))
     with open(path, "ab") as stream:
         stream.write(torn[:-7])  # a kill in the middle of a write
     records, end = read_journal(path)
     assert len(records) == 2 and end == whole
     writer = JournalWriter(path, valid_end=end)
-    writer.append(RecordKind.PROCESSED, ["task0"])
+    writer.append(RecordKind.PROCESSED, [b"task0"])
     writer.close()
     records, end = read_journal(path)
     assert [r.kind for r in records] == [RecordKind.REQUEST, RecordKind.REQUEST,
@@ -66,8 +75,8 @@ def test_corrupt_record_stops_reading(tmp_path: Path) -> None:
     path = tmp_path / "journal.bin"
     _write(path, 3)
     data = bytearray(path.read_bytes())
-    first_end = [offset for _, offset in iter_records(bytes(data))][0]
-    data[first_end + 40] ^= 0xFF  # inside the second record's body
+    first_end, second_end = [offset for _, offset in iter_records(bytes(data))][:2]
+    data[second_end - 5] ^= 0xFF  # inside the second record's payload
     path.write_bytes(bytes(data))
     records, end = read_journal(path)
     assert len(records) == 1 and end == first_end
@@ -88,4 +97,93 @@ def test_new_journal_starts_with_magic(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         writer = JournalWriter(path)
         writer.close()
-        writer.append(RecordKind.END, ["{}"])
+        writer.append(RecordKind.END, [b"{}"])
+
+
+def _kinds(path: Path) -> list[RecordKind]:
+    """The kinds of the records in the file now (the writer may still be open)."""
+    return [record.kind for record in read_journal(path)[0]]
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_queued_records_go_out_before_the_next_appended_one(tmp_path: Path,
+                                                            mapped: bool) -> None:
+    path = tmp_path / "journal.bin"
+    writer = JournalWriter(path, mapped=mapped)
+    writer.enqueue(RecordKind.RESULT, [b"task0", b"sim", b"FS", b"{}", b""], [b"value"])
+    writer.defer(RecordKind.PROCESSED, "task0")
+    writer.append(RecordKind.REQUEST, [b"task1", b"sim", b"square", b"", b"{}"])
+    kinds = _kinds(path)  # in the file once append returns (the syncer may have been first)
+    assert kinds[:2] == [RecordKind.RESULT, RecordKind.REQUEST] or kinds[:3] == [
+        RecordKind.RESULT, RecordKind.PROCESSED, RecordKind.REQUEST]
+    writer.defer(RecordKind.PROCESSED, "task2")
+    writer.write_queued()
+    records, _ = read_journal(path)
+    assert {r.kind for r in records} == {RecordKind.RESULT, RecordKind.REQUEST,
+                                         RecordKind.PROCESSED}
+    marks = [tid for r in records if r.kind is RecordKind.PROCESSED
+             for tid in r.field(0).split("\n")]
+    assert marks == ["task0", "task2"]
+    writer.close()
+
+
+def test_deferred_records_follow_the_records_queued_before_them(tmp_path: Path) -> None:
+    path = tmp_path / "journal.bin"
+    writer = JournalWriter(path)
+    for i in range(200):  # while the syncer writes batches of them
+        writer.enqueue(RecordKind.RESULT, [f"task{i}".encode(), b"sim", b"FS", b"{}", b""])
+        writer.defer(RecordKind.PROCESSED, f"task{i}")
+    writer.close()
+    seen: set[str] = set()
+    for record in read_journal(path)[0]:
+        if record.kind is RecordKind.RESULT:
+            seen.add(record.field(0))
+        else:
+            assert set(record.field(0).split("\n")) <= seen
+    assert len(seen) == 200
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_an_appended_record_survives_a_sigkill_at_once(tmp_path: Path, mapped: bool) -> None:
+    """What a kill of the thinker's process keeps: everything appended, and everything queued
+    before it, though nothing was synced and nothing closed."""
+    path = tmp_path / "journal.bin"
+    script = textwrap.dedent(f"""
+        import sys, threading
+        from pathlib import Path
+        from steersman.campaign.journal import JournalWriter, RecordKind
+        writer = JournalWriter(Path({str(path)!r}), mapped={mapped})
+        writer.enqueue(RecordKind.RESULT, [b"task0", b"sim", b"FS", b"{{}}", b""], [b"v"])
+        writer.append(RecordKind.REQUEST, [b"task1", b"sim", b"square", b"", b"{{}}"])
+        print("appended", flush=True)
+        threading.Event().wait()
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline() == "appended\n"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    process.stdout.close()
+    if mapped:
+        assert path.stat().st_size > len(MAGIC) + 4096  # space reserved ahead, zero-filled
+    records, end = read_journal(path)
+    assert [(r.kind, r.field(0)) for r in records] == [(RecordKind.RESULT, "task0"),
+                                                      (RecordKind.REQUEST, "task1")]
+    writer = JournalWriter(path, end)  # the zeros are cut off, appending goes on after them
+    writer.append(RecordKind.END, [b"{}"])
+    writer.close()
+    assert path.stat().st_size == read_journal(path)[1]
+    assert _kinds(path)[-1] is RecordKind.END
+
+
+def test_out_of_band_buffers_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "journal.bin"
+    values = array("d", range(1000))
+    writer = JournalWriter(path)
+    writer.append(RecordKind.RESULT, [b"task0", b"sim", b"FS", b"{}", b""],
+                  [b"stream", memoryview(values), b"tail"])
+    writer.append(RecordKind.REQUEST, [b"task1", b"sim", b"square", b"", b"{}"], [b"inputs"])
+    writer.close()
+    (result, request), _ = read_journal(path)
+    assert [bytes(f) for f in result.frames] == [b"stream", values.tobytes(), b"tail"]
+    assert [bytes(f) for f in request.frames] == [b"inputs"]

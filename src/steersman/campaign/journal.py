@@ -1,47 +1,58 @@
 """The event journal of a run: an append-only log of every request sent and result received.
 
-Why a log and not a database: each record is one ``write()`` on a file opened in append mode,
-so it is in the kernel as soon as the call returns and survives the thinker being killed
-(SIGKILL) at any point; a background thread ``fdatasync``-s the file in batches so that records
-also survive a machine crash, at most one batch late. Payloads are stored as the raw bytes of
-their serialized frames: never hex or base64.
+Why a log and not a database: appending is copying bytes into a shared memory map of the file
+(see logfile.py), so a record is in the kernel's page cache, safe from a kill of the thinker's
+process (SIGKILL), as soon as the copy returns, without a system call on the agents' threads; a
+background thread ``fdatasync``-s the file in batches so that records also survive a machine
+crash, at most one batch late. Payloads are stored as the raw bytes of their serialized frames:
+never hex or base64.
 
-A record is a length, a CRC-32 and a body. The body holds its kind, the wall-clock time, a few
-short text fields (task id, topic, ...) and payload frames::
+Records are written in *batches*, each a length, a CRC-32 and a body::
 
-    body_len u32 | crc32(body) u32 | kind u8 | time f64 | n_fields u8 | n_frames u16
-    | field lengths u32 x n_fields | frame lengths u64 x n_frames | fields | frames
+    size u32 | crc32(body) u32 | body = meta_size u32 | meta | out-of-band buffers
 
-A record cut short by a kill (or a bad CRC) ends the readable journal; the writer truncates the
-file there before appending, so later records are never hidden behind a torn one.
+``meta`` is a ``marshal`` (version 4) list of records, each ``(kind, time, fields, frames)``:
+text fields as UTF-8 bytes and payload frames. When a payload has out-of-band buffers (large
+arrays), its record holds the first frame (the serialized stream) and a fifth item, the
+buffers' sizes, and the buffers follow ``meta`` as they are. One C call encodes a whole batch:
+building it field by field in Python cost the agents' threads more than anything else the
+journal does.
+
+A batch cut short by a kill (or a bad CRC) ends the readable journal; the writer truncates the
+file there before appending, so later batches are never hidden behind a torn one. The file is
+extended ahead of its batches and zero-filled: a zero size also ends the journal, and a batch's
+size is written after its body, so a batch shows only once it is whole.
 """
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
+import marshal
 import os
 import struct
 import threading
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from pathlib import Path
 from time import time
+from typing import Any, cast
 
+from steersman.campaign.logfile import AppendLog, MappedLog, open_log
 from steersman.models.serialization import Frame
-from steersman.queue.pipe import write_all
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"SMJRNL01"
-_HEAD = struct.Struct("<II")
-_BODY = struct.Struct("<BdBH")
-#: Payloads up to this size are copied into one buffer per record; larger ones are not.
-_JOIN_BELOW = 1 << 16
+MAGIC = b"SMJRNL02"
+_PREFIX = struct.Struct("<II")
+_META_SIZE = struct.Struct("<I")
+_MARSHAL_VERSION = 4  # bytes, ints, floats, lists and tuples read the same in every Python 3
 #: Upper bound of the interval between two fsyncs of a busy journal (seconds).
 SYNC_INTERVAL = 0.2
+#: After each sync, pages are faulted in for what the last interval wrote, within these bounds.
+PREPARE_BOUNDS = (64 << 10, 2 << 20)
 
 
 class RecordKind(IntEnum):
@@ -49,8 +60,8 @@ class RecordKind(IntEnum):
 
     SESSION = 1  # a thinker started on the run directory; field: JSON of pid, host, class
     REQUEST = 2  # fields: task_id, topic, method, [pool, slots] JSON, header JSON; frames: inputs
-    RESULT = 3  # fields: task_id, topic, flags ("F" final, "S" success), header JSON;
-    # frames: the value
+    RESULT = 3  # fields: task_id, topic, flags ("F" final, "S" success), header JSON as
+    # received, receipt (see receipt.py); frames: the value
     PROCESSED = 4  # result processors returned for these final results; field: task ids,
     # one a line
     RESENT = 5  # an unfinished request was sent again on resume; field: task_id
@@ -58,124 +69,137 @@ class RecordKind(IntEnum):
 
 
 _KINDS = {kind.value: kind for kind in RecordKind}
+_CODES = {kind: kind.value for kind in RecordKind}  # marshal takes plain ints only
+
+#: A record to write: kind code, time, fields, frames.
+_Entry = tuple[int, float, Sequence[bytes | memoryview], Sequence[Frame]]
 
 
 class Record:
-    """One journal record: kind, time, text fields and payload frames.
+    """One journal record: kind, time, text fields (decoded when asked for) and frames."""
 
-    Fields are decoded when first asked for (a run's journal holds hundreds of thousands of
-    headers, most never read again); frames are views into the journal's bytes.
-    """
+    __slots__ = ("kind", "time", "frames", "_fields")
 
-    __slots__ = ("kind", "time", "frames", "_view", "_spans", "_fields")
-
-    def __init__(self, kind: RecordKind, time: float, fields: Sequence[str] = (),
-                 frames: Sequence[memoryview] = (), *, view: memoryview | None = None,
-                 spans: Sequence[tuple[int, int]] = ()):
+    def __init__(self, kind: RecordKind, time: float, fields: Sequence[bytes],
+                 frames: Sequence[Frame] = ()):
         self.kind = kind
         self.time = time
         self.frames = list(frames)
-        self._view = view
-        self._spans = spans
-        self._fields: list[str] | None = list(fields) if view is None else None
+        self._fields = fields
 
     def field(self, index: int) -> str:
         """One field, decoded."""
-        if self._fields is not None:
-            return self._fields[index]
-        assert self._view is not None
-        start, stop = self._spans[index]
-        return str(self._view[start:stop], "utf-8")
+        return self._fields[index].decode()
 
     def field_bytes(self, index: int) -> bytes:
         """One field as UTF-8 bytes (for parsers that take bytes)."""
-        if self._fields is not None:
-            return self._fields[index].encode()
-        assert self._view is not None
-        start, stop = self._spans[index]
-        return bytes(self._view[start:stop])
+        return self._fields[index]
 
     @property
     def fields(self) -> list[str]:
         """Every field, decoded."""
-        if self._fields is None:
-            self._fields = [self.field(i) for i in range(len(self._spans))]
-        return self._fields
+        return [field.decode() for field in self._fields]
 
     def __repr__(self) -> str:
         return f"Record({self.kind.name}, {self.time}, {self.fields!r}, {len(self.frames)} frames)"
 
 
-def encode_record(kind: RecordKind, fields: Sequence[str], frames: Sequence[Frame] = (),
+# --- writing batches ----------------------------------------------------------------------
+
+
+def encode_batch(entries: Sequence[_Entry]) -> tuple[bytes, list[Frame], int]:
+    """A batch's size and CRC, its body's parts, and its whole size on disk."""
+    for entry in entries:
+        if len(entry[3]) > 1:
+            return _encode_with_buffers(entries)
+    return _encode_parts(marshal.dumps(cast(Any, entries), _MARSHAL_VERSION), [])
+
+
+def _encode_with_buffers(entries: Sequence[_Entry]) -> tuple[bytes, list[Frame], int]:
+    """A batch where payloads have out-of-band buffers (large arrays): those go after the
+    meta, as they are, so that they are copied once."""
+    records: list[tuple[Any, ...]] = []
+    buffers: list[Frame] = []
+    for kind, when, fields, frames in entries:
+        extra = frames[1:]
+        records.append((kind, when, fields, frames[:1], [memoryview(b).nbytes for b in extra]))
+        buffers += extra
+    return _encode_parts(marshal.dumps(records, _MARSHAL_VERSION), buffers)
+
+
+def _encode_parts(meta: bytes, buffers: Sequence[Frame]) -> tuple[bytes, list[Frame], int]:
+    head = _META_SIZE.pack(len(meta)) + meta
+    crc = zlib.crc32(head)
+    size = len(head)
+    for buffer in buffers:
+        crc = zlib.crc32(buffer, crc)
+        size += memoryview(buffer).nbytes
+    return _PREFIX.pack(size, crc), [head, *buffers], _PREFIX.size + size
+
+
+def encode_record(kind: RecordKind, fields: Sequence[bytes], frames: Sequence[Frame] = (),
                   when: float | None = None) -> list[Frame]:
-    """The parts of one record, ready for a vectored write (one part when it is small)."""
-    texts = [f.encode() for f in fields]
-    views = [memoryview(f).cast("B") for f in frames]
-    sizes = [v.nbytes for v in views]
-    head = _BODY.pack(kind, time() if when is None else when, len(texts), len(views)) \
-        + struct.pack(f"<{len(texts)}I{len(views)}Q", *map(len, texts), *sizes)
-    if sum(sizes) <= _JOIN_BELOW:  # one buffer: a single CRC call and a plain write
-        body = b"".join([head, *texts, *views])
-        return [_HEAD.pack(len(body), zlib.crc32(body)) + body]
-    parts: list[Frame] = [head, *texts, *views]  # large payloads are never copied
-    crc = 0
-    for part in parts:
-        crc = zlib.crc32(part, crc)
-    return [_HEAD.pack(sum(memoryview(p).nbytes for p in parts), crc), *parts]
+    """The parts of a batch holding one record."""
+    prefix, body, _ = encode_batch([(_CODES[kind], time() if when is None else when, fields,
+                                     frames)])
+    return [prefix, *body]
+
+
+# --- reading ------------------------------------------------------------------------------
 
 
 def iter_records(data: bytes | bytearray | memoryview, *, check: bool = True,
                  with_frames: bool = True) -> Iterator[tuple[Record, int]]:
-    """Yield each whole record and the offset just past it; stop at the first torn one.
+    """Yield each record of the whole batches, with the offset just past its batch; stop at
+    the first torn batch.
 
     Args:
         data: The journal's bytes, magic included.
-        check: Verify each record's CRC (status displays may skip it).
-        with_frames: Slice out the payload frames (skip them when only counting).
+        check: Verify each batch's CRC (status displays may skip it).
+        with_frames: Attach the payload frames (skip them when only counting).
     """
     view = memoryview(data).cast("B")
     if bytes(view[: len(MAGIC)]) != MAGIC:
         raise ValueError(f"not a steersman journal (starts with {bytes(view[:8])!r})")
-    head_unpack, body_unpack = _HEAD.unpack_from, _BODY.unpack_from
-    crc32, kinds = zlib.crc32, _KINDS
-    body_size, head_size = _BODY.size, _HEAD.size
-    offset = len(MAGIC)
-    end = len(view)
-    while offset + head_size + body_size <= end:
-        size, crc = head_unpack(view, offset)
-        start = offset + head_size
+    offset, end = len(MAGIC), len(view)
+    while offset + _PREFIX.size + _META_SIZE.size <= end:
+        size, crc = _PREFIX.unpack_from(view, offset)
+        start = offset + _PREFIX.size
         stop = start + size
-        if stop > end or size < body_size:
+        if size < _META_SIZE.size or stop > end:  # torn, or the zeros past the last batch
             return
-        if check and crc32(view[start:stop]) != crc:
-            logger.warning("journal record at byte %d is corrupt; reading stops there", offset)
+        if check and zlib.crc32(view[start:stop]) != crc:
+            logger.warning("journal batch at byte %d is corrupt; reading stops there", offset)
             return
-        kind, when, n_fields, n_frames = body_unpack(view, start)
-        pos = start + body_size
-        layout = _layout(n_fields, n_frames)
-        lengths = layout.unpack_from(view, pos)
-        pos += layout.size
-        spans = []
-        for length in lengths[:n_fields]:
-            spans.append((pos, pos + length))
-            pos += length
-        frames = []
-        if with_frames:
-            for length in lengths[n_fields:]:
-                frames.append(view[pos : pos + length])
-                pos += length
+        try:
+            records = list(_batch_records(view, start, stop, with_frames))
+        except (ValueError, EOFError, TypeError, KeyError):  # unchecked reading of a torn one
+            return
+        for record in records:
+            yield record, stop
         offset = stop
-        yield Record(kinds[kind], when, (), frames, view=view, spans=spans), offset
 
 
-@functools.lru_cache(maxsize=64)
-def _layout(n_fields: int, n_frames: int) -> struct.Struct:
-    return struct.Struct(f"<{n_fields}I{n_frames}Q")
+def _batch_records(view: memoryview, start: int, stop: int,
+                   with_frames: bool) -> Iterator[Record]:
+    (meta_size,) = _META_SIZE.unpack_from(view, start)
+    position = start + _META_SIZE.size + meta_size
+    kinds = _KINDS
+    for kind, when, fields, frames, *buffers in marshal.loads(
+            view[position - meta_size : position]):
+        if buffers:
+            frames = [*frames]
+            for size in buffers[0]:
+                frames.append(view[position : position + size])
+                position += size
+            if position > stop:
+                raise ValueError("buffers run past the batch")
+        yield Record(kinds[kind], when, fields, frames if with_frames else ())
 
 
 def read_journal(path: Path, *, check: bool = True,
                  with_frames: bool = True) -> tuple[list[Record], int]:
-    """All whole records of a journal file, and the byte offset where whole records end."""
+    """All records of a journal file's whole batches, and the byte offset where they end."""
     data = path.read_bytes()
     records: list[Record] = []
     valid_end = len(MAGIC)
@@ -188,31 +212,46 @@ def read_journal(path: Path, *, check: bool = True,
     finally:
         if collecting:
             gc.enable()
-    if valid_end < len(data):
-        logger.info("journal %s ends with %d byte(s) of a torn record", path,
-                    len(data) - valid_end)
+    torn = len(data) - valid_end - data.count(0, valid_end)  # zeros: space reserved ahead
+    if torn:
+        logger.info("journal %s ends with %d byte(s) of a torn batch", path, torn)
     return records, valid_end
+
+
+# --- the writer ---------------------------------------------------------------------------
 
 
 class JournalWriter:
     """Appends records to a journal file; durable against a kill at once, against a crash in
     batches (see :data:`SYNC_INTERVAL`).
 
+    :meth:`append` writes a record at once: it survives a kill of this process as soon as the
+    call returns. :meth:`enqueue` only queues one: queued records go out, in the order queued,
+    in the same batch as the next record appended (so none is ever written after a record
+    appended after it) or at the next sync, whichever comes first. :meth:`defer` keeps a
+    record whose loss is harmless for the next sync.
+
     Args:
         path: The journal file; created if missing.
-        valid_end: Where whole records end (from :func:`read_journal`); the file is cut there.
+        valid_end: Where whole batches end (from :func:`read_journal`); the file is cut there.
+            Found by reading the file when not given.
+        mapped: Copy into a memory map of the file (see logfile.py); False, or a file that
+            cannot be mapped, writes with ``pwrite()``.
     """
 
-    def __init__(self, path: Path, valid_end: int | None = None):
+    def __init__(self, path: Path, valid_end: int | None = None, mapped: bool = True):
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        size = os.fstat(fd).st_size
-        if size == 0:
-            os.write(fd, MAGIC)
-        elif valid_end is not None and valid_end < size:
-            os.ftruncate(fd, valid_end)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self._log: MappedLog | AppendLog = open_log(fd, _start(fd, path, valid_end), mapped)
+            self._log.prepare(PREPARE_BOUNDS[0])
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
-        self._deferred: dict[RecordKind, list[str]] = {}
+        self._queue: deque[_Entry] = deque()  # deques are safe to append to without a lock
+        self._deferred: dict[RecordKind, deque[str]] = {  # strings: no work for the GC
+            kind: deque() for kind in RecordKind}
         self._hooks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._dirty = threading.Event()
@@ -221,73 +260,116 @@ class JournalWriter:
                                         daemon=True)
         self._syncer.start()
 
-    def append(self, kind: RecordKind, fields: Sequence[str], frames: Sequence[Frame] = (),
-               when: float | None = None, defer: bool = False) -> None:
-        """Write one record; it survives a kill of this process once this returns.
+    @property
+    def mapped(self) -> bool:
+        """Whether records are copied into a memory map of the file."""
+        return isinstance(self._log, MappedLog)
 
-        A deferred record (one field, no frames) is kept in memory until the next batched
-        sync, merged with the other deferred records of its kind (their fields joined one a
-        line): for records whose loss is harmless, so that they cost no system call.
-        """
+    def append(self, kind: RecordKind, fields: Sequence[bytes | memoryview],
+               frames: Sequence[Frame] = (), when: float | None = None) -> None:
+        """Write one record (text fields as UTF-8) now, after the queued ones."""
+        entry = (_CODES[kind], time() if when is None else when, fields, frames)
         with self._lock:
-            if defer:
-                self._deferred.setdefault(kind, []).append(fields[0])
+            if self._queue:
+                entries = self._take_queued()
+                entries.append(entry)
             else:
-                write_all(self._fd, encode_record(kind, fields, frames, when))
+                entries = [entry]
+            self._log.write(*encode_batch(entries))
         if not self._dirty.is_set():
             self._dirty.set()
 
+    def enqueue(self, kind: RecordKind, fields: Sequence[bytes | memoryview],
+                frames: Sequence[Frame] = (), when: float | None = None) -> None:
+        """Queue one record (see the class). Its fields and frames must not change after."""
+        self._queue.append((_CODES[kind], time() if when is None else when, fields, frames))
+        if not self._dirty.is_set():
+            self._dirty.set()
+
+    def defer(self, kind: RecordKind, text: str) -> None:
+        """Keep a one-field record until the next sync, where those of a kind are merged into
+        one (their fields one a line), after the records queued before them."""
+        self._deferred[kind].append(text)
+        if not self._dirty.is_set():
+            self._dirty.set()
+
+    def write_queued(self) -> None:
+        """Write the queued records now, then the deferred ones."""
+        merged = {kind: [texts.popleft() for _ in range(len(texts))]  # deferred by now, so
+                  for kind, texts in self._deferred.items() if texts}  # after records queued
+        when = time()
+        with self._lock:
+            entries = self._take_queued()
+            entries += [(_CODES[kind], when, ["\n".join(texts).encode()], ())
+                        for kind, texts in merged.items()]
+            if entries:
+                self._log.write(*encode_batch(entries))
+
+    def _take_queued(self) -> list[_Entry]:
+        queue = self._queue
+        return [queue.popleft() for _ in range(len(queue))]
+
     def add_sync_hook(self, hook: Callable[[], None]) -> None:
-        """Call `hook()` before each batched sync and at close (to flush companion files)."""
+        """Call `hook()` after the queued records are written, at each batched sync and at
+        close (to flush companion files)."""
         self._hooks.append(hook)
 
     def flush(self) -> None:
-        """Write deferred records and force everything written so far to disk now."""
-        self.write_deferred()
+        """Write what is queued and force everything written so far to disk now."""
+        self._write_all()
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Sync, cut the file after the last batch, and close; later appends raise OSError."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._dirty.set()
+        self._syncer.join()
+        self._write_all()
         with self._lock:
+            self._log.close()
+            os.ftruncate(self._fd, self._log.end)
             os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
 
-    def _encode_deferred(self) -> list[Frame]:
-        parts: list[Frame] = []
-        for kind, texts in self._deferred.items():
-            parts.extend(encode_record(kind, ["\n".join(texts)]))
-        self._deferred.clear()
-        return parts
-
-    def write_deferred(self) -> None:
-        """Write the deferred records now, and let the sync hooks flush their files."""
-        with self._lock:
-            if self._deferred:
-                write_all(self._fd, self._encode_deferred())
+    def _write_all(self) -> None:
+        self.write_queued()
         for hook in self._hooks:
             try:
                 hook()
             except Exception:
                 logger.exception("journal sync hook %r failed", hook)
 
-    def close(self) -> None:
-        """Sync and close; later appends raise OSError."""
-        if self._closing.is_set():
-            return
-        self._closing.set()
-        self._dirty.set()
-        self._syncer.join()
-        self.write_deferred()
-        with self._lock:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-
     def _sync_loop(self) -> None:
+        synced_end = 0
         while not self._closing.is_set():
             self._dirty.wait()
             self._dirty.clear()
             if self._closing.is_set():
                 return
             try:
-                self.write_deferred()
-                os.fdatasync(self._fd)
+                self._write_all()
+                os.fdatasync(self._fd)  # mapped pages too: the kernel tracks them as dirty
+                with self._lock:
+                    end = self._log.end
+                    low, high = PREPARE_BOUNDS
+                    self._log.prepare(min(high, max(low, end - synced_end)))
+                synced_end = end
             except OSError as exc:  # the file was closed under us, or the disk failed
                 logger.error("cannot sync the journal %s: %s", self.path, exc)
                 return
             self._closing.wait(SYNC_INTERVAL)  # batch: at most one sync per interval
+
+
+def _start(fd: int, path: Path, valid_end: int | None) -> int:
+    """Start a new journal with its magic, or cut an old one after its last whole batch;
+    returns where the next batch goes."""
+    if os.fstat(fd).st_size == 0:
+        os.write(fd, MAGIC)
+        return len(MAGIC)
+    if valid_end is None:
+        valid_end = read_journal(path, with_frames=False)[1]
+    os.ftruncate(fd, valid_end)
+    return valid_end

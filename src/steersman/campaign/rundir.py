@@ -68,12 +68,16 @@ def current_launch() -> Launch | None:
 # --- JSON that never fails --------------------------------------------------------------------
 
 
+#: One encoder for every call: building one per call would cost more than most encodings.
+_ENCODER = json.JSONEncoder(default=jsonable, allow_nan=False, separators=(",", ":"))
+
+
 def to_json(obj: Any) -> str:
     """Strict JSON of `obj`; what JSON cannot hold becomes null (NaN), text or its repr."""
     try:  # the common case, plain data, takes the fast path
-        return json.dumps(obj, default=jsonable, allow_nan=False, separators=(",", ":"))
+        return _ENCODER.encode(obj)
     except ValueError:  # a NaN or infinity somewhere
-        return json.dumps(jsonable(obj), allow_nan=False, separators=(",", ":"))
+        return _ENCODER.encode(jsonable(obj))
 
 
 # --- the directory ----------------------------------------------------------------------------
@@ -160,9 +164,11 @@ class RunDirectory:
         self._results_fd = os.open(self.path / RESULTS, flags, 0o644)
         self._allocation_fd = os.open(self.path / ALLOCATION, flags, 0o644)
 
-    def write_result_line(self, line: str) -> None:
-        """Append one line (with its newline) to results.jsonl."""
-        os.write(self._results_fd, line.encode())
+    def write_result_lines(self, lines: bytes) -> None:
+        """Append whole lines (each with its newline) to results.jsonl."""
+        view = memoryview(lines)
+        while view:
+            view = view[os.write(self._results_fd, view):]
 
     def write_allocation(self, allocated: Mapping[str | None, int], when: float | None = None,
                          busy: Mapping[str | None, int] | None = None) -> None:

@@ -3,7 +3,7 @@
 A :class:`Campaign` is attached to a thinker by ``BaseThinker.__init__`` (``run_dir=`` or a
 progress display) and driven by ``BaseThinker.run``: :meth:`Campaign.begin` before the agents
 start, :meth:`Campaign.end` after they stop. In between it observes the queues: every request is
-journaled before it leaves and every result before a processor sees it.
+journaled before it leaves, and every result before any request sent after it.
 
 Resume, when the thinker starts on a run directory that holds a journal:
 
@@ -19,6 +19,7 @@ Resume, when the thinker starts on a run directory that holds a journal:
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -30,11 +31,19 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import time
+from time import sleep, time
 from typing import TYPE_CHECKING, Any
 
 from steersman.campaign.journal import JournalWriter, Record, RecordKind, read_journal
 from steersman.campaign.progress import Counters, Display, choose_mode, make_display
+from steersman.campaign.receipt import (
+    Decoded,
+    Payload,
+    apply_receipt,
+    pack_receipt,
+    received_header,
+    trace_line,
+)
 from steersman.campaign.rundir import (
     JOURNAL,
     RESULTS,
@@ -44,7 +53,12 @@ from steersman.campaign.rundir import (
 )
 from steersman.exceptions import AgentError
 from steersman.models.result import Result, writable_frames
-from steersman.models.serialization import deserialize, deserialize_inputs
+from steersman.models.serialization import (
+    Frame,
+    SerializationMethod,
+    deserialize,
+    deserialize_inputs,
+)
 
 if TYPE_CHECKING:
     from steersman.queue.base import BaseQueues
@@ -55,8 +69,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Slots = tuple[str | None, int]
-#: results.jsonl lines are buffered up to this many characters between journal syncs.
-LINES_BUFFER = 1 << 16
 
 
 # --- reading a journal back ---------------------------------------------------------------
@@ -132,6 +144,7 @@ def decode_request(record: Record) -> Result:
 def decode_result(record: Record, request: Record | None) -> Result:
     """The Result of a RESULT record, value decoded and inputs restored from its request."""
     result = Result.model_validate_json(record.field_bytes(3))
+    apply_receipt(result, record.field_bytes(4))
     # Fill the payload fields directly: a replay decodes every result of a run, and the
     # model's attribute machinery would cost more than the decoding itself.
     fields = result.__dict__
@@ -143,10 +156,19 @@ def decode_result(record: Record, request: Record | None) -> Result:
     return result
 
 
-def result_line(header: str, inputs: tuple[Sequence[Any], Mapping[str, Any]], value: Any) -> str:
-    """One line of results.jsonl from a Result's header JSON, inputs and value."""
-    payload = to_json([list(inputs[0]), dict(inputs[1])])
-    return f'{header[:-1]},"inputs":{payload},"value":{to_json(value)}}}\n'
+#: results.jsonl lines made in a row by the journal's thread, and its pause between such runs:
+#: without them the agents could wait several milliseconds for the interpreter lock.
+LINES_PER_TURN, YIELD = 32, 20e-6
+_LINE_ITEMS = 5  # items of a line in Recording._unwritten
+#: Payload frames up to this size are copied when kept for results.jsonl; larger ones are not.
+KEEP_AS_BYTES = 1 << 16
+#: The flags field of a RESULT record by (final, success).
+_FLAGS = {(True, True): b"FS", (True, False): b"F", (False, True): b"S", (False, False): b""}
+
+
+@functools.lru_cache(maxsize=256)
+def _slots_field(slots: Slots | None) -> bytes:
+    return to_json(list(slots)).encode() if slots is not None else b""
 
 
 # --- recording ----------------------------------------------------------------------------
@@ -166,72 +188,104 @@ class Recording:
         self.queues = queues
         self.finished: set[str] = set(state.finals)
         self._lock = threading.Lock()
+        # For each result to write in results.jsonl: header, receipt, inputs, value, method,
+        # in a row (a tuple each would set the garbage collector running more often)
+        self._unwritten: list[Any] = []
+        self._flush_lock = threading.Lock()
+        self._displays: list[Display] = []
         self._catch_up_results()
         self.dir.open_traces()
         self.journal = JournalWriter(directory.path / JOURNAL, state.valid_end)
         self.journal.add_sync_hook(self.flush_lines)
-        self._lines: list[str] = []
-        self._lines_size = 0
-        self._displays: list[Display] = []
 
     def request_sent(self, result: Result, slots: Slots | None = None) -> None:
-        """Journal a request before it leaves (with the header it leaves with)."""
-        sent = result.sent_header
-        header = sent.decode() if sent is not None else result.model_dump_json()
-        slot_text = to_json(list(slots)) if slots is not None else ""
-        self.journal.append(RecordKind.REQUEST, [result.task_id, result.topic,
-                                                 result.method or "", slot_text, header],
+        """Journal a request before it leaves (with the header it leaves with), and with it
+        the results queued before it, which may have led to it."""
+        sent = result.wire_header
+        header = bytes(sent) if sent is not None else result.model_dump_json().encode()
+        self.journal.append(RecordKind.REQUEST, [result.task_id.encode(), result.topic.encode(),
+                                                 (result.method or "").encode(),
+                                                 _slots_field(slots), header],
                             result.input_frames or ())
-        self.counters.sent(result.topic)
+        if self._displays:  # counts are for displays only
+            self.counters.sent(result.topic)
 
     def result_received(self, result: Result) -> bool:
-        """Journal a result before any processor sees it; False if it is a duplicate."""
+        """Queue a result's record; False if it is a duplicate.
+
+        The record goes out with the next request sent (by any agent: that request may have
+        been made because of this result) or at the next sync: no request outlives, in the
+        journal, a result received before it. Lost to a kill before then, the result is not
+        replayed and its request (at most one per slot) is resent.
+        """
         final = result.complete is not False
         topic = result.topic
         with self._lock:
-            if result.task_id in self.finished:
-                duplicate = True
-            else:
-                duplicate = False
+            duplicate = result.task_id in self.finished
+            if not duplicate:
                 if final:
                     self.finished.add(result.task_id)
-                header = result.model_dump_json()
-                frames = result.value_frames
-                if frames is None and result.success:
-                    frames = result.encode_value()
-                flags = ("F" if final else "") + ("S" if result.success else "")
-                self.journal.append(RecordKind.RESULT, [result.task_id, topic, flags, header],
-                                    frames or ())
-                line = result_line(header, result.inputs, result.value)
-                self._lines.append(line)  # rebuilt from the journal if a kill loses it
-                self._lines_size += len(line)
-                if self._lines_size > LINES_BUFFER:
-                    self._write_lines()
+                self._queue_result(result, final)
         if duplicate:
             logger.warning("dropped a duplicate result of task %s (topic %s)", result.task_id,
                            topic)
             self.counters.duplicate(topic)
             return False
-        if final:
-            self.counters.received(topic, bool(result.success))
-        for display in self._displays:
-            display.update(topic)
+        if self._displays:  # counts are for displays only
+            if final:
+                self.counters.received(topic, bool(result.success))
+            for display in self._displays:
+                display.update(topic)
         return True
 
-    def flush_lines(self) -> None:
-        """Write the buffered lines of results.jsonl (the journal calls it at each sync)."""
-        with self._lock:
-            self._write_lines()
+    def _queue_result(self, result: Result, final: bool) -> None:
+        """Queue the RESULT record and what its results.jsonl line needs (called with the
+        lock, so that lines keep the journal's order).
 
-    def _write_lines(self) -> None:
-        if self._lines:
-            self.dir.write_result_line("".join(self._lines))
-            self._lines.clear()
-            self._lines_size = 0
+        Only bytes are kept for the line, not the Result: holding thousands of Results (or
+        views into their messages) until the next sync would set the garbage collector
+        running on the agents' threads.
+        """
+        header = bytes(received_header(result))
+        frames = result.value_frames
+        if frames is None and result.success:
+            frames = result.encode_value()
+        kept = _kept(frames)
+        receipt = pack_receipt(result)
+        self.journal.enqueue(RecordKind.RESULT, (result.task_id.encode(), result.topic.encode(),
+                                                 _FLAGS[final, bool(result.success)], header,
+                                                 receipt), _frames(kept),
+                             result.timestamp.result_received)
+        inputs: Payload = _kept(result.input_frames)
+        value: Payload = kept
+        if result.proxystore_name is not None:  # frames of proxies: show what they resolved to
+            inputs, value = Decoded(result.inputs), Decoded(result.value)
+        self._unwritten += (header, receipt, inputs, value, result.serialization_method)
+
+    def flush_lines(self) -> None:
+        """Write the results.jsonl lines of the results received since the last call.
+
+        The journal calls it at each sync, from its own thread, so that the agents' threads
+        do not spend their time on JSON; lines lost to a kill are rebuilt from the journal.
+        """
+        with self._flush_lock:
+            with self._lock:
+                unwritten, self._unwritten = self._unwritten, []
+            self.journal.write_queued()  # no line before its record
+            lines: list[bytes] = []
+            for start in range(0, len(unwritten), _LINE_ITEMS * LINES_PER_TURN):
+                if start:
+                    sleep(YIELD)  # let the agents have the interpreter: they wait for it
+                turn = iter(unwritten[start : start + _LINE_ITEMS * LINES_PER_TURN])
+                lines += [trace_line(header, receipt, inputs, value, method)
+                          for header, receipt, inputs, value, method
+                          in zip(turn, turn, turn, turn, turn)]
+            if lines:
+                self.dir.write_result_lines(b"".join(lines))
 
     def close(self, outcome: dict[str, Any]) -> None:
-        self.journal.write_deferred()  # processed marks before the end
-        self.journal.append(RecordKind.END, [to_json(outcome)])
+        self.journal.write_queued()  # results and processed marks before the end
+        self.journal.append(RecordKind.END, [to_json(outcome).encode()])
         self.journal.close()
         self.flush_lines()
         self.dir.close_traces()
@@ -239,8 +293,8 @@ class Recording:
     def _catch_up_results(self) -> None:
         """Make results.jsonl hold exactly one line per journaled result, in order.
 
-        Lines are written just after their journal record, so after a kill the file may miss
-        its last lines (or hold a torn one): they are rebuilt from the journal.
+        Lines are written after their journal record (at its next sync), so after a kill the
+        file may miss its last lines (or hold a torn one): they are rebuilt from the journal.
         """
         path = self.dir.path / RESULTS
         records = self.state.results
@@ -258,11 +312,34 @@ class Recording:
         if keep < len(records):
             with open(path, "ab") as stream:
                 for record in records[keep:]:
-                    request = self.state.requests.get(record.field(0))
-                    result = decode_result(record, request)
-                    stream.write(result_line(record.field(3), result.inputs,
-                                             result.value).encode())
+                    stream.write(self._rebuilt_line(record))
             logger.info("rebuilt %d line(s) of %s from the journal", len(records) - keep, path)
+
+    def _rebuilt_line(self, record: Record) -> bytes:
+        """The results.jsonl line of a RESULT record."""
+        header = record.field_bytes(3)
+        about = json.loads(header)
+        request = self.state.requests.get(record.field(0))
+        inputs = request.frames if request is not None and about["keep_inputs"] else None
+        return trace_line(header, record.field_bytes(4), inputs, record.frames,
+                          SerializationMethod.parse(about["serialization_method"]))
+
+
+def _kept(frames: Sequence[Frame] | None) -> bytes | list[Frame] | None:
+    """Payload frames to keep after their Result: a small single frame as bytes, else the
+    frames with copies of their out-of-band buffers (arrays decoded from those share their
+    memory, and a processor may change them before the frames are written)."""
+    if not frames:
+        return None
+    if len(frames) == 1:  # the serialized stream: bytes, or a view of them
+        frame = frames[0]
+        return bytes(frame) if len(frame) <= KEEP_AS_BYTES else [frame]
+    return [frames[0], *map(bytes, frames[1:])]
+
+
+def _frames(payload: bytes | list[Frame] | None) -> Sequence[Frame]:
+    """The frames of a payload kept by :func:`_kept`."""
+    return (payload,) if isinstance(payload, bytes) else payload or ()
 
 
 def _line_ends(data: bytes) -> list[int]:
@@ -308,6 +385,8 @@ class Campaign:
         self._tls = threading.local()
         self._slot_lock = threading.Lock()
         self._last_allocation: dict[str | None, int] | None = None
+        self._pools: list[str | None] = []
+        self._last_counts: tuple[int, ...] | None = None
         self._active = False
         self._observing = False
         if run_dir is not None:
@@ -374,11 +453,11 @@ class Campaign:
         if self.recording is None:
             return method
         if spec.kind == "task_submitter":
-            options = spec.options
+            task_type, n_slots = spec.options["task_type"], spec.options["n_slots"]
+            fixed = (task_type, n_slots) if isinstance(n_slots, int) else None
 
-            def submit() -> Any:
-                self._tls.slots = (options["task_type"],
-                                   self.thinker.resolve_count(options["n_slots"]))
+            def submit() -> Any:  # a count given as an attribute's name may change
+                self._tls.slots = fixed or (task_type, self.thinker.resolve_count(n_slots))
                 try:
                     return method()
                 finally:
@@ -395,7 +474,7 @@ class Campaign:
                     return None
                 out = method(result)
                 if final:  # if a kill loses it, the result is processed again on resume
-                    journal.append(RecordKind.PROCESSED, [result.task_id], defer=True)
+                    journal.defer(RecordKind.PROCESSED, result.task_id)
                 return out
 
             return process
@@ -410,7 +489,7 @@ class Campaign:
             session = {"pid": os.getpid(), "host": socket.gethostname(),
                        "thinker": self.thinker_name, "started": time(),
                        "resumed": self.resumed}
-            self.recording.journal.append(RecordKind.SESSION, [to_json(session)])
+            self.recording.journal.append(RecordKind.SESSION, [to_json(session).encode()])
         thinker.queues.add_observer(self)
         self._observing = True
         mode = choose_mode(self._progress)  # tqdm bars the thinker opened since are seen now
@@ -480,13 +559,18 @@ class Campaign:
     # --- slots over time ------------------------------------------------------------------
 
     def _on_slots(self) -> None:
+        """Record the allocation when it changed (called after every acquire and release)."""
         rec, recording = self.thinker.rec, self.recording
         if rec is None or recording is None:
             return
-        with self._slot_lock:
+        if tuple(map(rec.allocated_slots, self._pools)) == self._last_counts:
+            return  # the common case (an acquire or release), checked without a lock
+        with self._slot_lock:  # a move may be under way: its own call records its outcome
             allocated = {pool: counts[0] for pool, counts in rec.snapshot().items()}
             if allocated != self._last_allocation:
                 self._last_allocation = allocated
+                self._pools = list(allocated)
+                self._last_counts = tuple(allocated.values())
                 recording.dir.write_allocation(allocated)
 
     # --- resume ---------------------------------------------------------------------------
@@ -550,7 +634,7 @@ class Campaign:
                 if self._claim(tid, final):
                     self._call(name, method, decode_result(record, request))
                     if final:
-                        journal.append(RecordKind.PROCESSED, [tid], defer=True)
+                        journal.defer(RecordKind.PROCESSED, tid)
             finally:
                 thinker.queues, thinker.rec = real_queues, real_rec
         if redo:
@@ -592,7 +676,7 @@ class Campaign:
             return
         request.timestamp.created = time()
         self.thinker.queues.resend(request)
-        recording.journal.append(RecordKind.RESENT, [request.task_id])
+        recording.journal.append(RecordKind.RESENT, [request.task_id.encode()])
         self.counters.sent(request.topic)
 
     def _call(self, name: str, method: Callable[[Result], Any], result: Result) -> None:
@@ -714,7 +798,7 @@ class QueueRecorder:
             raise
         self.recording.journal.append(RecordKind.SESSION, [to_json(
             {"pid": os.getpid(), "host": socket.gethostname(), "thinker": "", "started": time(),
-             "resumed": not state.empty})])
+             "resumed": not state.empty}).encode()])
         self.queues = queues
         self.run_dir = directory.path
         queues.add_observer(self)

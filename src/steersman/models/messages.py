@@ -85,7 +85,7 @@ def encode(
             if result.complete is False:
                 flags |= _INTERMEDIATE
         header = result.model_dump_json().encode()
-        result.note_sent_header(header)
+        result.note_wire_header(header)
     if key is not None:
         flags |= _SIGNED
     frames = [*inputs, *value]
@@ -140,6 +140,7 @@ def decode(data: Frame, *, key: bytes | None = None) -> Message:
     result = _parse_header(header) if header_len else None
     if result is not None:
         result.attach_frames(frames[:n_in], frames[n_in:])
+        result.note_wire_header(header)
     elif kind is not Kind.KILL:
         raise MessageError(f"a {kind.name} message must carry a header")
     return Message(kind, flags, result, data)

@@ -106,11 +106,11 @@ class Result(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=False)
     # Payload frames live in slots, not private attributes: pydantic would initialise (and
     # deep-copy the defaults of) private attributes on every construction and validation.
-    __slots__ = ("_input_frames", "_value_frames", "_sent_header")
+    __slots__ = ("_input_frames", "_value_frames", "_wire_header")
     if TYPE_CHECKING:  # for type checkers only: pydantic would make them private attributes
         _input_frames: list[Frame] | None
         _value_frames: list[Frame] | None
-        _sent_header: bytes | None
+        _wire_header: bytes | memoryview | None
 
     task_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     method: str | None = None
@@ -143,7 +143,7 @@ class Result(BaseModel):
         """Start without payload frames (slots hold them: see ``__slots__``)."""
         _set(self, "_input_frames", None)  # past pydantic's __setattr__: it is slow
         _set(self, "_value_frames", None)
-        _set(self, "_sent_header", None)
+        _set(self, "_wire_header", None)
 
     def __copy__(self) -> Result:
         return self._sharing_frames(super().__copy__())
@@ -152,10 +152,10 @@ class Result(BaseModel):
         return self._sharing_frames(super().__deepcopy__(memo))
 
     def _sharing_frames(self, copy: Result) -> Result:
-        """A copy holds the same payload frames (read-only views) but no sent header."""
+        """A copy holds the same payload frames (read-only views) but no wire header."""
         _set(copy, "_input_frames", self._input_frames)
         _set(copy, "_value_frames", self._value_frames)
-        _set(copy, "_sent_header", None)
+        _set(copy, "_wire_header", None)
         return copy
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -183,6 +183,7 @@ class Result(BaseModel):
 
     def set_result(self, value: Any, runtime: float | None = None) -> None:
         """Record a successful outcome."""
+        _set(self, "_wire_header", None)
         self.value = value
         self.success = True
         self.complete = True
@@ -194,6 +195,7 @@ class Result(BaseModel):
         """Record a failed outcome with the exception and its traceback."""
         self.value = None
         _set(self, "_value_frames", None)
+        _set(self, "_wire_header", None)
         self.success = False
         self.complete = True
         self.failure_info = FailureInformation.from_exception(exc, **flags)
@@ -259,17 +261,19 @@ class Result(BaseModel):
         return self._value_frames
 
     @property
-    def sent_header(self) -> bytes | None:
-        """The JSON header of the last message encoded from this Result.
+    def wire_header(self) -> bytes | memoryview | None:
+        """The JSON header of the last message this Result was encoded into or decoded from.
 
-        An observer told of a request just sent journals it instead of dumping the Result again;
-        it is stale once the Result changes.
+        The journal records it instead of dumping the Result again. It is stale once the
+        Result changes: :meth:`set_result` and :meth:`set_failure` forget it, and whoever
+        changes other header fields after a message must not rely on it.
         """
-        return self._sent_header
+        return self._wire_header
 
-    def note_sent_header(self, header: bytes) -> None:
-        """Remember the header of the message just encoded (see :attr:`sent_header`)."""
-        _set(self, "_sent_header", header)
+    def note_wire_header(self, header: bytes | memoryview | None) -> None:
+        """Remember the header of the message just encoded or decoded (see
+        :attr:`wire_header`)."""
+        _set(self, "_wire_header", header)
 
     def drop_inputs(self) -> None:
         """Forget the inputs, for results sent back with `keep_inputs=False`."""
