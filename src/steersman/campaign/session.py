@@ -556,6 +556,11 @@ class Campaign:
         if self._display is not None:
             self._display.update(result.topic)
 
+    def before_acknowledging(self) -> None:
+        """Results are acknowledged to a service (Redis): write the queued ones durably first."""
+        if self.recording is not None:
+            self.recording.journal.write_queued()
+
     # --- slots over time ------------------------------------------------------------------
 
     def _on_slots(self) -> None:
@@ -809,6 +814,9 @@ class QueueRecorder:
 
     def result_received(self, result: Result) -> None:
         self.recording.result_received(result)
+
+    def before_acknowledging(self) -> None:
+        self.recording.journal.write_queued()
 
     def close(self) -> None:
         if self._closed:

@@ -38,7 +38,12 @@ KEY_VARIABLE = "STEERSMAN_KEY"
 
 
 class QueueObserver(Protocol):
-    """Told of every request sent and every result received (journals, progress displays)."""
+    """Told of every request sent and every result received (journals, progress displays).
+
+    An observer may also define ``before_acknowledging()``: backends that acknowledge results
+    to a service (Redis) call it first, so a journal can make the results it holds durable
+    before the service forgets them.
+    """
 
     def request_sent(self, result: Result) -> None: ...
 
@@ -301,6 +306,13 @@ class BaseQueues(ABC):
     def add_observer(self, observer: QueueObserver) -> None:
         """Tell `observer` of every request sent and result received (in the caller's thread)."""
         self._observers.append(observer)
+
+    def _before_acknowledging(self) -> None:
+        """Backends call this before they acknowledge received results to their service."""
+        for observer in self._observers:
+            hook = getattr(observer, "before_acknowledging", None)
+            if hook is not None:
+                hook()
 
     def remove_observer(self, observer: QueueObserver) -> None:
         if observer in self._observers:

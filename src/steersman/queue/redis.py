@@ -442,6 +442,8 @@ class RedisQueues(BaseQueues):
         streams[self._wake_key()] = start
         done = {stream: ids for stream, ids in self._unacked_results.items() if ids}
         done_blobs = self._unacked_blobs
+        if done:  # a journal records them durably before Redis forgets them
+            self._before_acknowledging()
 
         def read(client: redis.Redis) -> Any:
             pipe = client.pipeline(transaction=False)

@@ -1,0 +1,34 @@
+"""Over Redis, a result is in the journal before the thinker acknowledges it to Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import echo_server
+
+from steersman.campaign import QueueRecorder, journal
+from steersman.campaign.journal import RecordKind, read_journal
+from steersman.campaign.rundir import JOURNAL
+from steersman.queue.redis import make_queue_pairs
+
+
+def test_results_are_journaled_before_redis_forgets_them(redis_server: Any, tmp_path,
+                                                         monkeypatch) -> None:
+    monkeypatch.setattr(journal, "SYNC_INTERVAL", 3600.0)  # no help from the batched sync
+    client, server_queues = make_queue_pairs(redis_server.host, redis_server.port)
+    server = echo_server(server_queues)
+    try:
+        with QueueRecorder(client, tmp_path / "run") as recorder:
+            task_id = client.send_inputs(7, method="echo")
+            assert client.get_result(timeout=10) is not None  # read, not yet acknowledged
+            raw = redis_server.client()
+            stream = client.results_key("default")
+            assert raw.xlen(stream) == 1
+            assert client.get_result(timeout=0.05) is None  # this read acknowledges it
+            assert raw.xlen(stream) == 0
+            records, _ = read_journal(recorder.run_dir / JOURNAL)
+            assert any(r.kind is RecordKind.RESULT and r.field(0) == task_id for r in records)
+    finally:
+        client.send_kill_signal()
+        server.join(5)
+        client.purge()
