@@ -146,6 +146,17 @@ def decode(data: Frame, *, key: bytes | None = None) -> Message:
     return Message(kind, flags, result, data)
 
 
+def header_of(head: Frame) -> memoryview | None:
+    """The JSON header of a message, from its first part alone (:func:`encode` puts the prefix,
+    the frame lengths and the header there); None if that part does not hold it whole."""
+    view = memoryview(head).cast("B")
+    *_, n_inputs, n_values, header_len = _unpack_prefix(view)
+    start = _PREFIX.size + 8 * (n_inputs + n_values)
+    if start + header_len > view.nbytes:
+        return None
+    return view[start:start + header_len]
+
+
 def join(parts: Sequence[Frame]) -> bytes:
     """Concatenate the parts of a message, for transports that take one buffer."""
     return b"".join(parts)

@@ -104,6 +104,7 @@ class BaseQueues(ABC):
         self._lock = threading.Lock()
         self._arrived = {topic: threading.Condition(self._lock) for topic in self.topics}
         self._idle = threading.Condition(self._lock)
+        self._turn = threading.Condition(self._lock)  # the drainer waits here to read
         self._results: dict[str, deque[Result]] = {topic: deque() for topic in self.topics}
         self._active: dict[str, int] = dict.fromkeys(self.topics, 0)
         self._active_total = 0
@@ -116,7 +117,7 @@ class BaseQueues(ABC):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_observers", "_lock", "_arrived", "_idle", "_results", "_active",
+        for name in ("_observers", "_lock", "_arrived", "_idle", "_turn", "_results", "_active",
                      "_active_total", "_outstanding", "_broken", "_reader", "_followers",
                      "_drainer", "_closing"):
             state.pop(name, None)
@@ -402,7 +403,7 @@ class BaseQueues(ABC):
     def _hand_over(self) -> None:
         """With the lock held: the reader left; let one waiting thread (or the drainer) read."""
         if self._drainer is not None:
-            self._idle.notify_all()  # the drainer waits on it for its turn
+            self._turn.notify()
         for topic, count in self._followers.items():
             if count:
                 self._arrived[topic].notify()
@@ -468,6 +469,7 @@ class BaseQueues(ABC):
         for condition in self._arrived.values():
             condition.notify_all()
         self._idle.notify_all()
+        self._turn.notify_all()
 
     def _raise_if_broken(self) -> None:
         if self._broken is not None:
@@ -487,7 +489,7 @@ class BaseQueues(ABC):
         with self._lock:
             while not self._closing and self._broken is None:
                 if self._reader is not None:
-                    self._idle.wait()
+                    self._turn.wait()
                     continue
                 self._reader = threading.current_thread()
                 try:

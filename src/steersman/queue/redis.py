@@ -38,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from steersman.exceptions import MessageError, QueueConnectionError
-from steersman.models.messages import _PREFIX, Kind, Message, join, peek
+from steersman.models.messages import Kind, Message, header_of, join, peek
 from steersman.models.serialization import Frame, SerializationMethod
 from steersman.queue._redis_blobs import (
     BLOB_MIN_BYTES,
@@ -778,19 +778,10 @@ def _block_ms(seconds: float | None) -> int | None:
 def _topic_of(parts: Sequence[Frame]) -> str | None:
     """The topic in the header of an encoded result, read from its first part (where
     :func:`~steersman.models.messages.encode` puts the header); None if it is not there."""
-    head = memoryview(parts[0]).cast("B")
     try:
-        kind, _ = peek(head)
+        kind, _ = peek(parts[0])
+        header = header_of(parts[0]) if kind is Kind.RESULT else None
+        topic = json.loads(bytes(header)).get("topic") if header is not None else None
     except (MessageError, ValueError):
-        return None
-    if kind is not Kind.RESULT:
-        return None
-    *_, n_inputs, n_values, header_len = _PREFIX.unpack_from(head)
-    start = _PREFIX.size + 8 * (n_inputs + n_values)
-    if start + header_len > head.nbytes:
-        return None
-    try:
-        topic = json.loads(bytes(head[start:start + header_len])).get("topic")
-    except ValueError:
         return None
     return topic if isinstance(topic, str) else None
