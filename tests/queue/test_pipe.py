@@ -1,6 +1,7 @@
 """The embedded pipe backend and the queue contract it shares with every backend."""
 
 import multiprocessing
+import os
 import threading
 import time
 
@@ -248,3 +249,53 @@ def test_results_of_tracked_tasks_count_down(pipe_queues):
     assert pipe_queues.active_count == 1 and pipe_queues.active_in("sim") == 1
     with pytest.raises(ValueError, match="unknown topic"):
         pipe_queues.track("x", "nope")
+
+
+# --- shared buffers: memory another process gets by name -------------------------------------
+
+
+def _pipe_bytes(channel) -> int:
+    """Bytes waiting in a channel's pipe."""
+    import fcntl
+    import struct
+    import termios
+
+    raw = fcntl.ioctl(channel._reader.fileno(), termios.FIONREAD, b"\0" * 4)
+    return struct.unpack("i", raw)[0]
+
+
+def test_a_shared_buffer_crosses_a_pipe_by_name():
+    from steersman.queue.pipe import PipeChannel, shared_buffer
+
+    data = np.random.default_rng(1).bytes(3_000_000)  # below the size pipes spill at
+    buffer = shared_buffer(len(data))
+    buffer[:] = data
+    channel = PipeChannel()
+    channel.write([memoryview(buffer)])
+    assert _pipe_bytes(channel) < 200  # the name and its length, not three megabytes
+    received = channel.read(5)
+    assert bytes(received) == data
+    path = buffer.path
+    del buffer
+    assert not os.path.exists(path)  # handed on: the reader removed it
+
+
+def test_a_shared_buffer_not_handed_on_goes_with_its_mapping():
+    import gc
+
+    from steersman.queue.pipe import shared_buffer
+
+    buffer = shared_buffer(1 << 20)
+    path = buffer.path
+    assert os.path.exists(path)
+    del buffer
+    gc.collect()
+    assert not os.path.exists(path)
+
+
+def test_a_shared_buffer_that_cannot_be_made_raises(monkeypatch, tmp_path):
+    from steersman.queue import pipe
+
+    monkeypatch.setattr(pipe, "SPILL_DIR", str(tmp_path / "missing"))
+    with pytest.raises(OSError):
+        pipe.shared_buffer(1 << 20)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from steersman.queue._redis_blobs import (
     BlobRef,
     _cut,
 )
+from steersman.queue.pipe import SPILL_DIR, PipeChannel
 from steersman.queue.redis import (
     BLOB_FIELD,
     PAYLOAD_FIELD,
@@ -75,6 +78,7 @@ def test_large_array_round_trip_is_intact_and_leaves_no_keys(
         client.send_kill_signal()
         server.join(timeout=30)
         assert server.exitcode == 0
+        assert glob.glob(f"{SPILL_DIR}/steersman-{server.pid}-*") == []  # no request left
         client.close()  # acknowledges (and deletes) the last result read
         assert blob_keys(raw, client) == []
         assert raw.xlen(client.requests_key) == 0
@@ -102,6 +106,15 @@ def test_large_request_travels_beside_its_entry(
     assert message is not None and message.result is not None
     assert message.result.task_id == task_id
     assert np.array_equal(message.result.decode_inputs()[0][0], BIG)
+    # it landed in a file in shared memory, which a server hands to its worker by name
+    mine = f"{SPILL_DIR}/steersman-{os.getpid()}-*"
+    assert len(glob.glob(mine)) == 1
+    channel = PipeChannel()
+    channel.write([message.data])
+    assert len(glob.glob(mine)) == 1  # handed on as it is, not copied to a new file
+    forwarded = channel.read(5)
+    assert forwarded == message.data
+    assert glob.glob(mine) == []  # the reader took it
     assert blob_keys(raw, client) != []  # kept until the request is done: a server may die
     server.request_done(task_id)
     assert blob_keys(raw, client) == []

@@ -23,13 +23,14 @@ import mmap
 import re
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from steersman.models.serialization import Frame
+from steersman.queue.pipe import shared_buffer
 
 BLOB_MIN_BYTES = 1024 * 1024
 """Messages this large or larger travel as chunk keys rather than inside their stream entry."""
@@ -168,13 +169,20 @@ def _merge_small(buffers: Sequence[Frame]) -> list[Frame]:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def new_buffer(ref: BlobRef) -> mmap.mmap:
+def new_buffer(ref: BlobRef, shared: bool = False) -> mmap.mmap:
     """Memory for a message, mapped in one go: faulting it in a page at a time while the
     socket fills it costs twice as much. Call it once Redis is known to hold that much
     (:func:`blob_present`), so a forged size cannot make this process take the memory.
 
+    With `shared`, the memory is a file in shared memory where possible (see
+    :func:`~steersman.queue.pipe.shared_buffer`): a task server hands such a message to its
+    worker process by name instead of copying it.
+
     Raises :class:`BadReference` if this machine cannot map that much.
     """
+    if shared:
+        with suppress(OSError, OverflowError, ValueError):
+            return shared_buffer(ref.size)
     try:
         return mmap.mmap(-1, ref.size, flags=mmap.MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_POPULATE)
     except (OSError, OverflowError, ValueError) as exc:

@@ -377,6 +377,28 @@ def _spill(views: list[memoryview]) -> bytes | None:
     return path
 
 
+def shared_buffer(size: int) -> mmap.mmap:
+    """Writable memory of `size` bytes in a file of :data:`SPILL_DIR`, mapped in one go.
+
+    A message received into it (from Redis, say) and then written to a pipe whole crosses the
+    pipe by name, without a copy. The file goes with the mapping unless it was handed on.
+    Raises OSError where shared memory cannot hold it; the caller then uses private memory.
+    """
+    path = os.path.join(SPILL_DIR, f"steersman-{os.getpid()}-{os.urandom(8).hex()}").encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)  # all of it now: a full /dev/shm fails here, not later
+        buffer = _SpilledMap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE)
+    except BaseException:
+        _unlink_quietly(path)
+        raise
+    finally:
+        os.close(fd)
+    buffer.path = path
+    buffer._remove = Finalize(buffer, _unlink_quietly, (path,), exitpriority=0)
+    return buffer
+
+
 def _unspill(path: bytes, forward: bool) -> memoryview:
     """Map a spilled message (writable); its file is removed now, or with the map if it may be
     forwarded (unless it is handed on)."""

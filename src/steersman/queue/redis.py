@@ -369,8 +369,12 @@ class RedisQueues(BaseQueues):
             logger.error("dropped a stream entry: %s", exc)
             return None
 
-    def _fetch(self, payload: Payload) -> Buffer | None:
-        """The bytes of a message; None if its chunks are gone (handled by someone else)."""
+    def _fetch(self, payload: Payload, shared: bool = False) -> Buffer | None:
+        """The bytes of a message; None if its chunks are gone (handled by someone else).
+
+        A large request lands in shared memory (`shared`): a task server forwards it to its
+        worker process by name, not by copying it into a pipe.
+        """
         if not isinstance(payload, BlobRef):
             return payload
         if not self._call("look for a large message",
@@ -379,7 +383,7 @@ class RedisQueues(BaseQueues):
                            "(handled already, or not written by steersman)", payload.blob_id)
             return None
         try:
-            buffer = new_buffer(payload)
+            buffer = new_buffer(payload, shared)
         except BadReference as exc:
             logger.error("dropped a large message: %s", exc)
             return None
@@ -577,7 +581,7 @@ class RedisQueues(BaseQueues):
             self._held.add(entry)
             if isinstance(payload, BlobRef):
                 self._blobs[entry] = payload
-        data = self._fetch(payload)
+        data = self._fetch(payload, shared=True)
         if data is None:
             self._release([entry])
             return None
