@@ -7,7 +7,6 @@ import math
 import os
 import socket
 import traceback
-import uuid
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import PurePath
@@ -27,6 +26,11 @@ from steersman.models.serialization import (
 
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 _HOSTNAME = socket.gethostname()
+
+
+def _new_task_id() -> str:
+    """128 random bits in hex, as ``uuid.uuid4().hex`` but a quarter of its cost (one per task)."""
+    return os.urandom(16).hex()
 
 
 class ResourceRequirements(BaseModel):
@@ -112,7 +116,7 @@ class Result(BaseModel):
         _value_frames: list[Frame] | None
         _wire_header: bytes | memoryview | None
 
-    task_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    task_id: str = Field(default_factory=_new_task_id)
     method: str | None = None
     topic: str = "default"
     inputs: Inputs = Field(default_factory=lambda: ((), {}), exclude=True)
@@ -349,4 +353,3 @@ def jsonable(obj: Any) -> Any:
     if callable(tolist) and getattr(obj, "size", math.inf) <= 10_000:
         return jsonable(tolist())
     return repr(obj)
-
