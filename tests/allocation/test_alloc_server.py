@@ -55,6 +55,11 @@ def _app(address: str, name: str, ledger: Ledger, seed: int, done: threading.Bar
             new = client.reinvade(timeout=0.01)
             if new is not None:
                 ledger.take(name, new)
+        deadline = time.monotonic() + 10  # on a slow machine the re-split may come later
+        while ledger.moves == 0 and time.monotonic() < deadline:
+            new = client.reinvade(timeout=0.05)
+            if new is not None:
+                ledger.take(name, new)
         done.wait(30)
         ledger.give(name, client.cores)
     finally:
