@@ -359,7 +359,7 @@ class _SpilledMap(mmap.mmap):
 
 def _spill(views: list[memoryview]) -> bytes | None:
     """Write a message to a new file in :data:`SPILL_DIR`; its path, or None if it cannot."""
-    path = os.path.join(SPILL_DIR, f"steersman-{os.getpid()}-{os.urandom(8).hex()}").encode()
+    path = _new_spill_path()
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError:
@@ -384,19 +384,16 @@ def shared_buffer(size: int) -> mmap.mmap:
     pipe by name, without a copy. The file goes with the mapping unless it was handed on.
     Raises OSError where shared memory cannot hold it; the caller then uses private memory.
     """
-    path = os.path.join(SPILL_DIR, f"steersman-{os.getpid()}-{os.urandom(8).hex()}").encode()
+    path = _new_spill_path()
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.posix_fallocate(fd, 0, size)  # all of it now: a full /dev/shm fails here, not later
-        buffer = _SpilledMap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE)
+        return _map_removable(fd, path, size)
     except BaseException:
         _unlink_quietly(path)
         raise
     finally:
         os.close(fd)
-    buffer.path = path
-    buffer._remove = Finalize(buffer, _unlink_quietly, (path,), exitpriority=0)
-    return buffer
 
 
 def _unspill(path: bytes, forward: bool) -> memoryview:
@@ -408,16 +405,24 @@ def _unspill(path: bytes, forward: bool) -> memoryview:
             os.unlink(path)
             size = os.fstat(fd).st_size
             return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE))
-        size = os.fstat(fd).st_size
-        spilled = _SpilledMap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE)
+        return memoryview(_map_removable(fd, path, os.fstat(fd).st_size))
     except BaseException:
         _unlink_quietly(path)
         raise
     finally:
         os.close(fd)
+
+
+def _map_removable(fd: int, path: bytes, size: int) -> _SpilledMap:
+    """Map the file `fd` at `path`; the file is removed with the map unless handed on."""
+    spilled = _SpilledMap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE)
     spilled.path = path
     spilled._remove = Finalize(spilled, _unlink_quietly, (path,), exitpriority=0)
-    return memoryview(spilled)
+    return spilled
+
+
+def _new_spill_path() -> bytes:
+    return os.path.join(SPILL_DIR, f"steersman-{os.getpid()}-{os.urandom(8).hex()}").encode()
 
 
 def _unlink_quietly(path: bytes) -> None:
