@@ -157,3 +157,13 @@ def unused_port() -> int:
     """A port nothing listens on."""
     return _free_port()
 # --- end redis fixtures ---
+
+
+class UnpickleMarker:
+    """Unpickling this creates a file: proof that untrusted bytes were unpickled."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.path,))

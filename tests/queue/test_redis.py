@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from time import monotonic, sleep
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.conftest import UnpickleMarker
 
 from steersman.exceptions import QueueConnectionError
 from steersman.models.messages import Kind, encode
@@ -65,6 +67,22 @@ class Server:
         self.queues = queues
         self.thread = threading.Thread(target=serve_forever, args=(queues, function), daemon=True)
         self.thread.start()
+
+
+@contextmanager
+def serving(client: RedisQueues, server: RedisQueues, function: Callable[..., Any] = double,
+            purge: bool = True) -> Iterator[RedisQueues]:
+    """`client` with a task server thread on `server` behind it; stopped and closed after."""
+    worker = Server(server, function)
+    try:
+        yield client
+    finally:
+        client.send_kill_signal()
+        worker.thread.join(timeout=10)
+        client.close()
+        server.close()
+        if purge:
+            client.purge()
 
 
 @pytest.fixture
@@ -263,19 +281,12 @@ def test_executors_published_by_a_server_validate_names_elsewhere(
 def test_json_serialization(redis_server: Any) -> None:
     client, server = make_queue_pairs(redis_server.host, redis_server.port,
                                       serialization_method="json", keep_inputs=False)
-    worker = Server(server, lambda payload: {"echo": payload, "n": len(payload)})
-    try:
+    with serving(client, server, lambda payload: {"echo": payload, "n": len(payload)}):
         client.send_inputs(["a", 1, None], method="echo")
         result = client.get_result(timeout=10)
         assert result is not None and result.value == {"echo": ["a", 1, None], "n": 3}
         assert result.args == ()  # keep_inputs=False
         assert result.serialization_method.value == "json"
-    finally:
-        client.send_kill_signal()
-        worker.thread.join(timeout=10)
-        client.close()
-        server.close()
-        client.purge()
 
 
 def test_subsecond_timeouts(pair: tuple[RedisQueues, RedisQueues]) -> None:
@@ -438,25 +449,15 @@ def test_heartbeat_keeps_a_running_request(redis_server: Any) -> None:
 # --- security ----------------------------------------------------------------------------------
 
 
-class _Marker:
-    """Unpickling this creates a file: proof that untrusted bytes were unpickled."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.path,))
-
-
 def test_unsigned_requests_are_rejected_unopened(
     redis_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     marker = tmp_path / "unpickled"
     client, server = make_queue_pairs(redis_server.host, redis_server.port, key="s3cret")
     raw = redis_server.client()
-    rogue = Result(method="double", inputs=((_Marker(marker),), {}))
+    rogue = Result(method="double", inputs=((UnpickleMarker(marker),), {}))
     rogue.encode_inputs()
-    raw.xadd(client.requests_key, {b"m": pickle.dumps(_Marker(marker))})
+    raw.xadd(client.requests_key, {b"m": pickle.dumps(UnpickleMarker(marker))})
     raw.xadd(client.requests_key, {b"m": b"".join(encode(Kind.REQUEST, rogue))})
     raw.xadd(client.requests_key, {b"m": b"".join(encode(Kind.REQUEST, rogue, key=b"wrong"))})
     try:
@@ -490,16 +491,10 @@ def test_acl_user_and_password(redis_server: Any) -> None:
     options = {"hostname": redis_server.host, "port": redis_server.port,
                "username": "steersman-test"}
     try:
-        client, server = make_queue_pairs(password="s3cret", **options)
-        worker = Server(server)
-        client.send_inputs(5, method="double")
-        result = client.get_result(timeout=10)
-        assert result is not None and result.value == 10
-        client.send_kill_signal()
-        worker.thread.join(timeout=10)
-        client.close()
-        server.close()
-        client.purge()
+        with serving(*make_queue_pairs(password="s3cret", **options)) as client:
+            client.send_inputs(5, method="double")
+            result = client.get_result(timeout=10)
+            assert result is not None and result.value == 10
 
         wrong, _ = make_queue_pairs(password="wrong", **options)
         with pytest.raises(QueueConnectionError, match=f"{redis_server.port}"):
@@ -548,17 +543,11 @@ def tls_redis_server(tmp_path: Path, make_redis_server: Callable[..., Any]) -> A
 
 def test_tls(tls_redis_server: Any) -> None:
     options = {"hostname": "localhost", "port": tls_redis_server.port}
-    client, server = make_queue_pairs(ssl=True, ssl_ca_certs=tls_redis_server.ca, **options)
-    worker = Server(server)
-    try:
+    pair = make_queue_pairs(ssl=True, ssl_ca_certs=tls_redis_server.ca, **options)
+    with serving(*pair, purge=False) as client:
         client.send_inputs(4, method="double")
         result = client.get_result(timeout=10)
         assert result is not None and result.value == 8
-    finally:
-        client.send_kill_signal()
-        worker.thread.join(timeout=10)
-        client.close()
-        server.close()
     plain, _ = make_queue_pairs(**options)  # without TLS the server is not reachable
     with pytest.raises(QueueConnectionError, match=f"localhost:{tls_redis_server.port}"):
         plain.send_inputs(4, method="double")
@@ -567,20 +556,13 @@ def test_tls(tls_redis_server: Any) -> None:
 
 def test_tls_large_message(tls_redis_server: Any) -> None:
     """Large messages travel on raw connections of the pool, with the same TLS options."""
-    client, server = make_queue_pairs("localhost", tls_redis_server.port, ssl=True,
-                                      ssl_ca_certs=tls_redis_server.ca)
-    worker = Server(server)
+    pair = make_queue_pairs("localhost", tls_redis_server.port, ssl=True,
+                            ssl_ca_certs=tls_redis_server.ca)
     payload = bytes(range(256)) * 12_000  # 3 MB: beside its stream entry, in chunks
-    try:
+    with serving(*pair) as client:
         client.send_inputs(payload, method="double")
         result = client.get_result(timeout=20)
         assert result is not None and result.value == payload * 2
-    finally:
-        client.send_kill_signal()
-        worker.thread.join(timeout=10)
-        client.close()
-        server.close()
-        client.purge()
 
 
 # --- surviving a Redis restart ------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.conftest import UnpickleMarker
 
 from steersman import LocalTaskServer
 from steersman.models.messages import Kind, encode, join
@@ -198,16 +199,6 @@ def test_entry_whose_chunks_are_gone_is_dropped(
 # --- security ----------------------------------------------------------------------------------
 
 
-class _Marker:
-    """Unpickling this creates a file: proof that untrusted bytes were unpickled."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.path,))
-
-
 def _forge(raw: Any, queues: RedisQueues, message: bytes, size: int | None = None) -> None:
     """Write a large message as a rogue would: chunk keys and an entry naming them."""
     ref = BlobRef.new(len(message) if size is None else size)
@@ -222,14 +213,14 @@ def test_forged_large_messages_are_rejected_unopened(
     marker = tmp_path / "unpickled"
     client, server = make_queue_pairs(redis_server.host, redis_server.port, key="s3cret")
     raw = redis_server.client()
-    rogue = Result(method="add_one", inputs=((_Marker(marker), np.ones(200_000)), {}))
+    rogue = Result(method="add_one", inputs=((UnpickleMarker(marker), np.ones(200_000)), {}))
     rogue.encode_inputs()
     unsigned = join(encode(Kind.REQUEST, rogue))
     assert len(unsigned) > BLOB_MIN_BYTES
     try:
         _forge(raw, client, unsigned)
         _forge(raw, client, join(encode(Kind.REQUEST, rogue, key=b"wrong")))
-        _forge(raw, client, pickle.dumps(_Marker(marker)) + bytes(BLOB_MIN_BYTES))
+        _forge(raw, client, pickle.dumps(UnpickleMarker(marker)) + bytes(BLOB_MIN_BYTES))
         _forge(raw, client, unsigned[:BLOB_MIN_BYTES], size=10**10)  # claims 10 GB it lacks
         raw.xadd(client.requests_key, {BLOB_FIELD: b"../../etc:12:34"})
         not_a_chunk = BlobRef.new(10)
