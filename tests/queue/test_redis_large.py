@@ -6,6 +6,7 @@ import glob
 import logging
 import os
 import pickle
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ from tests.conftest import UnpickleMarker
 from steersman import LocalTaskServer
 from steersman.models.messages import Kind, encode, join
 from steersman.models.result import Result
+from steersman.queue import _redis_blobs
 from steersman.queue._redis_blobs import (
     BLOB_MIN_BYTES,
     CHUNK_BYTES,
     BadReference,
     BlobRef,
+    BlobUnavailable,
     _cut,
+    read_blob,
 )
 from steersman.queue.pipe import SPILL_DIR, PipeChannel
 from steersman.queue.redis import (
@@ -101,7 +105,7 @@ def test_large_request_travels_beside_its_entry(
     assert PAYLOAD_FIELD not in fields
     ref = BlobRef.from_field(fields[BLOB_FIELD])
     assert ref.size > BIG.nbytes and ref.count == -(-ref.size // CHUNK_BYTES)
-    assert sorted(blob_keys(raw, client)) == sorted(ref.keys(client.prefix))
+    assert sorted(blob_keys(raw, client)) == sorted(ref.all_keys(client.prefix))
 
     message = server.get_task(timeout=10)
     assert message is not None and message.result is not None
@@ -183,7 +187,9 @@ def test_entry_whose_chunks_are_gone_is_dropped(
     client, server = pair
     raw = redis_server.client()
     client.send_inputs(BIG, method="add_one")
-    raw.delete(blob_keys(raw, client)[0])  # as if another server had finished it already
+    (chunk, *_) = sorted(blob_keys(raw, client))  # a chunk, not the list of tokens
+    assert not chunk.endswith(b":ready")
+    raw.delete(chunk)  # as if another server had finished it already
     with caplog.at_level(logging.WARNING, logger="steersman.queue.redis"):
         assert server.get_task(timeout=2) is None
     assert any("chunks are gone" in r.getMessage() for r in caplog.records)
@@ -194,6 +200,107 @@ def test_entry_whose_chunks_are_gone_is_dropped(
     message = server.get_task(timeout=10)
     assert message is not None and message.result is not None
     assert message.result.task_id == task_id
+
+
+# --- streaming: read while written -------------------------------------------------------------
+
+
+class Writing:
+    """A large message written by hand, a chunk at a time, as a writer streams it."""
+
+    def __init__(self, raw: Any, size: int = 3 * CHUNK_BYTES + 5, prefix: str = "t"):
+        self.raw, self.prefix = raw, prefix
+        self.message = os.urandom(size)
+        self.ref = BlobRef.new(size)
+        self.chunks = [b"".join(pieces) for pieces in _cut([self.message], CHUNK_BYTES)]
+
+    def chunk(self, n: int, token: bool = True) -> None:
+        self.raw.set(self.ref.keys(self.prefix)[n], self.chunks[n])
+        if token:
+            self.raw.rpush(self.ref.ready_key(self.prefix), n)
+
+    def read(self, streamed: bool = True, shared: bool = False) -> Any:
+        ref = BlobRef(self.ref.blob_id, self.ref.size, self.ref.chunk_bytes, streamed)
+        return read_blob(self.raw, self.prefix, ref, shared)
+
+    def read_in_thread(self, **options: bool) -> tuple[threading.Thread, dict[str, Any]]:
+        out: dict[str, Any] = {}
+
+        def read() -> None:
+            try:
+                out["buffer"] = self.read(**options)
+            except Exception as exc:
+                out["error"] = exc
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        return thread, out
+
+
+def test_a_new_message_is_read_while_it_is_written(redis_server: Any) -> None:
+    writing = Writing(redis_server.client())
+    writing.chunk(0, token=False)  # the first chunk comes with the entry
+    reader, out = writing.read_in_thread(shared=True)
+    for n in range(1, writing.ref.count):
+        assert reader.is_alive() and not out  # it cannot have the message yet: it waits
+        writing.chunk(n)
+    reader.join(10)
+    assert "error" not in out and bytes(out["buffer"]) == writing.message
+
+
+def test_a_writer_that_stops_halfway_is_given_up_without_a_hang(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_redis_blobs, "STALL_SECONDS", 0.2)
+    writing = Writing(redis_server.client())
+    writing.chunk(0, token=False)
+    writing.chunk(1)  # and no more
+    mine = f"{SPILL_DIR}/steersman-{os.getpid()}-*"
+    with pytest.raises(BlobUnavailable, match="no chunk of it came for 0.2 s"):
+        writing.read(shared=True)
+    assert glob.glob(mine) == []  # the memory it had taken is given back
+
+
+def test_a_writer_that_cannot_finish_stops_its_reader_at_once(redis_server: Any) -> None:
+    writing = Writing(redis_server.client())
+    writing.chunk(0, token=False)
+    writing.raw.rpush(writing.ref.ready_key("t"), -1)  # what write_blob pushes on an error
+    with pytest.raises(BlobUnavailable, match="could not finish"):
+        writing.read()  # at once: STALL_SECONDS is 5 s, the test's timeout would show a wait
+
+
+def test_an_older_entry_waits_only_for_a_chunk_still_missing(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_redis_blobs, "STALL_SECONDS", 0.5)
+    writing = Writing(redis_server.client())
+    for n in (0, 2, 3):
+        writing.chunk(n, token=False)
+    reader, out = writing.read_in_thread(streamed=False)  # taken over: assumed all there
+    writing.chunk(1)  # came late (its writer was still at it), announced by its token
+    reader.join(10)
+    assert "error" not in out and bytes(out["buffer"]) == writing.message
+
+
+def test_shared_memory_full_midway_goes_on_in_private_memory(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+
+    def fallocate(fd: int, start: int, length: int) -> None:
+        calls.append(start)
+        if len(calls) > 2:  # the first two steps fit, then /dev/shm is full
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_redis_blobs.os, "posix_fallocate", fallocate)
+    monkeypatch.setattr(_redis_blobs, "FIRST_STEP", CHUNK_BYTES)  # steps of 1, 1, 2 MiB
+    writing = Writing(redis_server.client())
+    for n in range(writing.ref.count):
+        writing.chunk(n, token=n > 0)
+    mine = f"{SPILL_DIR}/steersman-{os.getpid()}-*"
+    buffer = writing.read(shared=True)
+    assert len(calls) == 3 and bytes(buffer) == writing.message
+    assert glob.glob(mine) == []  # the half-filled file is gone, the message is private
 
 
 # --- security ----------------------------------------------------------------------------------
@@ -209,7 +316,9 @@ def _forge(raw: Any, queues: RedisQueues, message: bytes, size: int | None = Non
 
 def test_forged_large_messages_are_rejected_unopened(
     redis_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(_redis_blobs, "STALL_SECONDS", 0.2)  # forgers send no tokens
     marker = tmp_path / "unpickled"
     client, server = make_queue_pairs(redis_server.host, redis_server.port, key="s3cret")
     raw = redis_server.client()

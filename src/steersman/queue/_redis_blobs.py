@@ -7,24 +7,39 @@ stream's listpack. Instead its bytes, unchanged (same layout, same signature), a
 chunks of :data:`CHUNK_BYTES`, each a string key ``{prefix}:blob:{id}:{n}``, and the stream entry
 carries only a :class:`BlobRef` (id, size, chunk size).
 
-The writer sends the chunks and the stream entry in one MULTI/EXEC, straight from the message's
-own buffers: a writer that dies halfway leaves nothing behind. The reader keeps a few GETs in
-flight and reads each reply straight into its place in one buffer with ``recv_into``. Both use a
-connection borrowed from the client's pool, so TLS, ACL user, password and database number
-apply as for every other command. Chunks also keep each argument below Redis's
-``proto-max-bulk-len`` (512 MB by default), so no message size limit comes from Redis.
+The message is *streamed*: its reader starts while the writer is still sending it, so a large
+message costs about the longer of the two sides, not their sum. The writer adds the entry
+together with the first chunk (one MULTI/EXEC), then each further chunk followed by a token
+(its number) on the list ``{prefix}:blob:{id}:ready``; all of it in one go, straight from the
+message's own buffers. The reader of a new entry pairs each further chunk's GET with a BLPOP of
+the next token, so Redis hands it each chunk as soon as it is there, without polling. A reader
+of an older entry (taken over from a server that died, or read again after a reconnection)
+expects the chunks to be there and waits for tokens only where one is missing. A writer that
+stops halfway (it died, or Redis refused a chunk) leaves its reader waiting at most
+:data:`STALL_SECONDS` without progress; the message is then dropped.
 
-Whoever acknowledges the entry deletes its chunks; see :mod:`steersman.queue.redis`.
+The reader takes memory for the message as the chunks arrive, in a few doubling steps (a
+reference claiming more than Redis holds costs little), mapping each step's pages in one call
+rather than faulting them in one at a time. Both sides use a connection borrowed from the client's
+pool, so TLS, ACL user, password and database number apply as for every other command. Chunks
+also keep each argument below Redis's ``proto-max-bulk-len`` (512 MB by default), so no message
+size limit comes from Redis.
+
+Whoever acknowledges the entry deletes its keys; see :mod:`steersman.queue.redis`.
 """
 
 from __future__ import annotations
 
+import functools
+import heapq
 import mmap
+import os
 import re
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -37,9 +52,15 @@ BLOB_MIN_BYTES = 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 """Size of one chunk key (the last chunk of a message may be shorter)."""
 READ_AHEAD = 2
-"""GETs in flight while reading a message. All at once, Redis would build every reply in memory
-it must first map (a page fault per 4 KiB, as costly as the copies); a few at a time, it reuses
-the same memory for every reply."""
+"""Chunks requested ahead while reading a message. All at once, Redis would build every reply
+in memory it must first map (a page fault per 4 KiB, as costly as the copies); a few at a
+time, it reuses the same memory for every reply."""
+STALL_SECONDS = 5.0
+"""How long a reader waits for the next chunk of a message before it gives the message up (its
+writer died, or Redis refused a chunk). Shortened to half the connection's socket timeout."""
+
+FIRST_STEP = 16 * 1024 * 1024
+"""Memory a reader takes for a message at first; then as much again each time it is full."""
 
 _MIN_CHUNK, _MAX_CHUNK = 64 * 1024, 512 * 1024 * 1024
 _MAX_CHUNKS = 1 << 16
@@ -47,7 +68,8 @@ _READ_SIZE = 64 * 1024  # bytes read at a time while looking for the end of a re
 _SMALL = 64 * 1024  # buffers smaller than this are merged before sending
 _CRLF = b"\r\n"
 _MAP_ANONYMOUS = getattr(mmap, "MAP_ANONYMOUS", 0x20)
-_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+_MADV_POPULATE_WRITE = 23  # Linux 5.14: map (and allocate) a range's pages in one call
+_ABORT = b"-1"  # the token a writer pushes when it cannot finish a message
 _BLOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -62,6 +84,8 @@ class BlobRef:
     blob_id: str
     size: int
     chunk_bytes: int = CHUNK_BYTES
+    #: Read as it is written (a new entry): wait for each chunk's token. Not part of the entry.
+    streamed: bool = field(default=False, compare=False)
 
     @classmethod
     def new(cls, size: int) -> BlobRef:
@@ -73,11 +97,14 @@ class BlobRef:
         return f"{self.blob_id}:{self.size}:{self.chunk_bytes}".encode()
 
     @classmethod
-    def from_field(cls, raw: bytes) -> BlobRef:
-        """Parse and check a stream entry's value; :class:`BadReference` if it is not ours."""
+    def from_field(cls, raw: bytes, streamed: bool = False) -> BlobRef:
+        """Parse and check a stream entry's value; :class:`BadReference` if it is not ours.
+
+        `streamed`: the entry is new, so its message may still be arriving.
+        """
         try:
             blob_id, size, chunk = raw.decode("ascii").split(":")
-            ref = cls(blob_id, int(size), int(chunk))
+            ref = cls(blob_id, int(size), int(chunk), streamed)
         except ValueError:
             raise BadReference(f"malformed large-message reference {raw[:80]!r}") from None
         if (not _BLOB_ID.fullmatch(ref.blob_id) or ref.size <= 0
@@ -95,30 +122,49 @@ class BlobRef:
         """Names of the chunk keys, in order."""
         return [f"{prefix}:blob:{self.blob_id}:{n}".encode() for n in range(self.count)]
 
+    def ready_key(self, prefix: str) -> bytes:
+        """Name of the list of tokens, one per chunk written after the entry."""
+        return f"{prefix}:blob:{self.blob_id}:ready".encode()
+
+    def all_keys(self, prefix: str) -> list[bytes]:
+        """Every key of the message: chunks and tokens."""
+        return [*self.keys(prefix), self.ready_key(prefix)]
+
 
 # --- writing ----------------------------------------------------------------------------------
 
 
 def write_blob(client: redis.Redis, prefix: str, ref: BlobRef, parts: Sequence[Frame],
                stream: str, fields: dict[bytes, bytes]) -> None:
-    """Store the message `parts` as the chunks of `ref` and add `fields` to `stream`, atomically."""
-    commands: list[Frame] = [*_command(b"MULTI")]
-    for key, pieces in zip(ref.keys(prefix), _cut(parts, ref.chunk_bytes)):
-        commands += _command(b"SET", key, pieces)
+    """Add `fields` to `stream` with the first chunk of the message `parts`, then stream the
+    other chunks of `ref`, each announced by its token (see the module)."""
+    keys, ready = ref.keys(prefix), ref.ready_key(prefix)
+    chunks = _cut(parts, ref.chunk_bytes)
     entry = [item for pair in fields.items() for item in pair]
-    commands += _command(b"XADD", stream.encode(), b"*", *entry)
-    commands += _command(b"EXEC")
+    commands: list[Frame] = [*_command(b"MULTI"), *_command(b"SET", keys[0], next(chunks)),
+                             *_command(b"XADD", stream.encode(), b"*", *entry),
+                             *_command(b"EXEC")]
+    for n, pieces in enumerate(chunks, start=1):
+        commands += _command(b"SET", keys[n], pieces)
+        commands += _command(b"RPUSH", ready, b"%d" % n)
     with _borrowed(client) as (connection, replies):
         connection.send_packed_command(_merge_small(commands), check_health=False)
         replies.expect_simple(b"OK")
-        for _ in range(ref.count + 1):
-            replies.expect_simple(b"QUEUED")
+        replies.expect_simple(b"QUEUED")
+        replies.expect_simple(b"QUEUED")
         outcome = replies.reply()
-    if not isinstance(outcome, list) or len(outcome) != ref.count + 1:
-        raise redis.exceptions.ResponseError(f"MULTI/EXEC of a large message failed: {outcome!r}")
-    for reply in outcome:
-        if isinstance(reply, redis.exceptions.ResponseError):
-            raise reply
+        if not isinstance(outcome, list) or len(outcome) != 2:
+            raise redis.exceptions.ResponseError(f"adding a large message failed: {outcome!r}")
+        errors = [reply for reply in outcome if isinstance(reply, Exception)]
+        for _ in range(2 * (ref.count - 1)):
+            reply = replies.reply()
+            if isinstance(reply, Exception):
+                errors.append(reply)
+    if errors:
+        if not isinstance(outcome[1], Exception):  # the entry is out: tell its reader to stop
+            with suppress(redis.exceptions.RedisError):
+                client.rpush(ready, _ABORT)
+        raise errors[0]
 
 
 def _cut(parts: Sequence[Frame], size: int) -> Iterator[list[memoryview]]:
@@ -169,63 +215,168 @@ def _merge_small(buffers: Sequence[Frame]) -> list[Frame]:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def new_buffer(ref: BlobRef, shared: bool = False) -> mmap.mmap:
-    """Memory for a message, mapped in one go: faulting it in a page at a time while the
-    socket fills it costs twice as much. Call it once Redis is known to hold that much
-    (:func:`blob_present`), so a forged size cannot make this process take the memory.
+class BlobUnavailable(Exception):
+    """A large message cannot be read: its keys are gone or do not match, or its writer
+    stopped sending it. The entry is dropped."""
+
+
+def read_blob(client: redis.Redis, prefix: str, ref: BlobRef,
+              shared: bool = False) -> mmap.mmap:
+    """The message of `ref`, read chunk by chunk into new memory as the chunks arrive.
 
     With `shared`, the memory is a file in shared memory where possible (see
     :func:`~steersman.queue.pipe.shared_buffer`): a task server hands such a message to its
     worker process by name instead of copying it.
 
-    Raises :class:`BadReference` if this machine cannot map that much.
+    Raises :class:`BlobUnavailable` if the message cannot be read (nothing of it is kept), and
+    :class:`BadReference` if this machine cannot hold it.
     """
-    if shared:
-        with suppress(OSError, OverflowError, ValueError):
-            return shared_buffer(ref.size)
+    keys, ready = ref.keys(prefix), ref.ready_key(prefix)
+    landing = _Landing(ref.size, shared)
     try:
-        return mmap.mmap(-1, ref.size, flags=mmap.MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_POPULATE)
-    except (OSError, OverflowError, ValueError) as exc:
-        raise BadReference(f"cannot hold a message of {ref.size} bytes: {exc}") from None
-
-
-def blob_present(client: redis.Redis, ref: BlobRef, prefix: str) -> bool:
-    """Whether every chunk of `ref` is in Redis with the length it should have (a key of
-    another type is not a chunk; any other error is raised)."""
-    lengths = [min(ref.chunk_bytes, ref.size - start)
-               for start in range(0, ref.size, ref.chunk_bytes)]
-    pipe = client.pipeline(transaction=False)
-    for key in ref.keys(prefix):
-        pipe.strlen(key)
-    found = pipe.execute(raise_on_error=False)
-    for reply in found:
-        if isinstance(reply, redis.exceptions.ResponseError) and not _wrong_type(reply):
-            raise reply
-    return bool(found == lengths)
-
-
-def read_blob(client: redis.Redis, prefix: str, ref: BlobRef, buffer: mmap.mmap) -> bool:
-    """Fill `buffer` with the chunks of `ref`; False if a chunk is missing or of the wrong size
-    (the entry was handled and its chunks deleted already, or it was not written by us)."""
-    gets = [b"".join(_command(b"GET", key)) for key in ref.keys(prefix)]
-    try:
-        with _borrowed(client) as (connection, replies), memoryview(buffer) as view:
-            connection.send_packed_command([b"".join(gets[:READ_AHEAD])], check_health=False)
-            for n, start in enumerate(range(0, ref.size, ref.chunk_bytes)):
-                if n + READ_AHEAD < len(gets):
-                    connection.send_packed_command([gets[n + READ_AHEAD]], check_health=False)
-                expected = min(ref.chunk_bytes, ref.size - start)
-                if replies.bulk_length() != expected:
-                    raise _Missing  # the connection is dropped: simpler than reading the rest
-                replies.read_into(view[start:start + expected])
+        with _borrowed(client) as (connection, replies):
+            wait = _stall_wait(connection)
+            # Chunks known written: the first comes with a new entry; an older entry's are
+            # assumed written, and checked. Past `assumed`, a chunk's GET waits for a token.
+            sure = 0 if ref.streamed else -1
+            assumed = sure if ref.streamed else ref.count - 1
+            todo = list(range(ref.count))
+            sent: deque[tuple[int, bool]] = deque()
+            while todo or sent:
+                while todo and len(sent) < READ_AHEAD:
+                    n = heapq.heappop(todo)
+                    paired = n > assumed
+                    connection.send_packed_command(
+                        [_read_command(keys[n], ready if paired else None, wait)],
+                        check_health=False)
+                    sent.append((n, paired))
+                n, paired = sent.popleft()
+                token = replies.token() if paired else None
+                if token is not None:
+                    if token < 0:
+                        raise BlobUnavailable("its writer could not finish it")
+                    sure, assumed = max(sure, token), max(assumed, token)
+                start = n * ref.chunk_bytes
+                length = replies.bulk_length()
+                if length is None:
+                    if n <= sure:
+                        raise BlobUnavailable("its chunks are gone or do not match (handled "
+                                              "already, or not written by steersman)")
+                    if paired and token is None:
+                        raise BlobUnavailable(f"no chunk of it came for {wait:g} s (its "
+                                              "writer stopped)")
+                    assumed = min(assumed, n - 1)
+                    heapq.heappush(todo, n)  # not written yet: wait for its token
+                    continue
+                if length != min(ref.chunk_bytes, ref.size - start):
+                    raise BlobUnavailable("its chunks are gone or do not match (handled "
+                                          "already, or not written by steersman)")
+                if paired and token is None:  # there without a token: written long ago
+                    assumed = ref.count - 1
+                with landing.take(start, length) as view:
+                    replies.read_into(view)
                 replies.expect_crlf()
-    except _Missing:
+    except BaseException:
+        landing.drop()
+        raise
+    return landing.buffer
+
+
+def _read_command(key: bytes, ready: bytes | None, wait: float) -> bytes:
+    """GET a chunk; with `ready`, first wait for the next token."""
+    get = b"".join(_command(b"GET", key))
+    if ready is None:
+        return get
+    return b"".join(_command(b"BLPOP", ready, b"%.3f" % wait)) + get
+
+
+def _stall_wait(connection: Any) -> float:
+    timeout = getattr(connection, "socket_timeout", None)
+    return STALL_SECONDS if not timeout else max(0.05, min(STALL_SECONDS, timeout / 2))
+
+
+class _Landing:
+    """The memory a large message is read into, taken as its bytes come, in doubling steps.
+
+    Memory is taken ahead of the bytes (at most as much again as has arrived), in a few large
+    steps: each step maps its pages in one call, which costs a fraction of faulting them in one
+    at a time, and a reference claiming more than Redis holds costs little. Shared memory is
+    reserved per step (``posix_fallocate``), so a full /dev/shm shows as an error, never as
+    SIGBUS; if it fills up midway, reading goes on in private memory.
+    """
+
+    def __init__(self, size: int, shared: bool):
+        self.size = size
+        self._fd = -1
+        self._taken = 0  # bytes backed by memory, from the start
+        buffer: mmap.mmap | None = None
+        if shared:
+            with suppress(OSError, OverflowError, ValueError):
+                spilled = shared_buffer(size, reserve=False)
+                self._fd = os.open(spilled.path, os.O_RDWR | os.O_CLOEXEC)
+                buffer = spilled
+        self.buffer = buffer if buffer is not None else _private(size)
+
+    def take(self, start: int, length: int) -> memoryview:
+        """Where bytes ``[start, start + length)`` go, backed by memory now."""
+        end = start + length
+        if end > self._taken:
+            step = min(self.size, max(end, 2 * self._taken, FIRST_STEP))
+            self._back(self._taken, step - self._taken)
+            self._taken = step
+        return memoryview(self.buffer)[start:end]
+
+    def _back(self, start: int, length: int) -> None:
+        if self._fd >= 0:
+            try:
+                os.posix_fallocate(self._fd, start, length)
+            except OSError:
+                self._go_private(start)
+        _populate(self.buffer, start, length)
+
+    def _go_private(self, filled: int) -> None:
+        private = _private(self.size)
+        private[:filled] = self.buffer[:filled]
+        self.drop()
+        self.buffer = private
+
+    def drop(self) -> None:
+        """Give the memory back (a shared file goes with its mapping)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with suppress(BufferError):
+            self.buffer.close()
+
+
+def _private(size: int) -> mmap.mmap:
+    try:
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | _MAP_ANONYMOUS)
+    except (OSError, OverflowError, ValueError) as exc:
+        raise BadReference(f"cannot hold a message of {size} bytes: {exc}") from None
+
+
+def _populate(buffer: mmap.mmap, start: int, length: int) -> None:
+    """Map a range's pages in one call; faulting them in one at a time while a socket fills
+    them costs twice as much. Raises :class:`BadReference` if memory runs out."""
+    if not _can_populate():
+        return
+    aligned = start - start % mmap.PAGESIZE
+    try:
+        buffer.madvise(_MADV_POPULATE_WRITE, aligned, length + start - aligned)
+    except OSError as exc:
+        raise BadReference(f"cannot hold a message of {len(buffer)} bytes: {exc}") from None
+
+
+@functools.cache
+def _can_populate() -> bool:
+    """Whether this kernel maps ranges on request (Linux 5.14 or later)."""
+    try:
+        with mmap.mmap(-1, mmap.PAGESIZE) as probe:
+            probe.madvise(_MADV_POPULATE_WRITE, 0, mmap.PAGESIZE)
+        return True
+    except (OSError, ValueError, AttributeError):
         return False
-    return True
-
-
-class _Missing(Exception):
-    """A chunk is missing or of the wrong size."""
 
 
 # --- the connection ---------------------------------------------------------------------------
@@ -277,6 +428,18 @@ class _Replies:
             if not received:
                 raise redis.exceptions.ConnectionError("Redis closed the connection mid-reply")
             filled += received
+
+    def token(self) -> int | None:
+        """The value of a BLPOP's reply; None if it timed out."""
+        reply = self.reply()
+        if reply is None:
+            return None
+        if isinstance(reply, Exception):
+            raise reply
+        try:
+            return int(reply[1])
+        except (TypeError, ValueError, IndexError):
+            raise _unexpected(repr(reply).encode()) from None
 
     def expect_crlf(self) -> None:
         if self._line():

@@ -377,18 +377,23 @@ def _spill(views: list[memoryview]) -> bytes | None:
     return path
 
 
-def shared_buffer(size: int) -> mmap.mmap:
+def shared_buffer(size: int, reserve: bool = True) -> _SpilledMap:
     """Writable memory of `size` bytes in a file of :data:`SPILL_DIR`, mapped in one go.
 
     A message received into it (from Redis, say) and then written to a pipe whole crosses the
     pipe by name, without a copy. The file goes with the mapping unless it was handed on.
     Raises OSError where shared memory cannot hold it; the caller then uses private memory.
+    Without `reserve` the file is sparse: whoever fills it must first reserve each range
+    (``posix_fallocate`` on :attr:`_SpilledMap.path`), or a full /dev/shm kills it (SIGBUS).
     """
     path = _new_spill_path()
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.posix_fallocate(fd, 0, size)  # all of it now: a full /dev/shm fails here, not later
-        return _map_removable(fd, path, size)
+        if reserve:  # all of it now: a full /dev/shm fails here, not later
+            os.posix_fallocate(fd, 0, size)
+        else:
+            os.ftruncate(fd, size)
+        return _map_removable(fd, path, size, populate=reserve)
     except BaseException:
         _unlink_quietly(path)
         raise
@@ -413,9 +418,9 @@ def _unspill(path: bytes, forward: bool) -> memoryview:
         os.close(fd)
 
 
-def _map_removable(fd: int, path: bytes, size: int) -> _SpilledMap:
+def _map_removable(fd: int, path: bytes, size: int, populate: bool = True) -> _SpilledMap:
     """Map the file `fd` at `path`; the file is removed with the map unless handed on."""
-    spilled = _SpilledMap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE)
+    spilled = _SpilledMap(fd, size, flags=mmap.MAP_SHARED | (_MAP_POPULATE if populate else 0))
     spilled.path = path
     spilled._remove = Finalize(spilled, _unlink_quietly, (path,), exitpriority=0)
     return spilled

@@ -7,10 +7,10 @@ died are claimed by another server after ``claim_idle`` seconds. Every entry is 
 handled, so the streams do not grow over a campaign.
 
 A message of 1 MiB or more travels beside its entry, as string keys ``{prefix}:blob:{id}:{n}``
-written and read without redis-py's copies (see :mod:`steersman.queue._redis_blobs`); the entry
-names them. They are deleted with the entry, by whoever acknowledges it; a consumer that dies
-leaves them for the consumer that takes the entry over, and :meth:`RedisQueues.purge` removes
-any a campaign left behind.
+written and read without redis-py's copies, and read while it is still being written (see
+:mod:`steersman.queue._redis_blobs`); the entry names them. They are deleted with the entry, by
+whoever acknowledges it; a consumer that dies leaves them for the consumer that takes the entry
+over, and :meth:`RedisQueues.purge` removes any a campaign left behind.
 
 Nothing connects until first use, and a pickled copy connects again in its own process. If the
 connection drops (Redis restarted), every call retries with a short backoff for up to
@@ -44,8 +44,7 @@ from steersman.queue._redis_blobs import (
     BLOB_MIN_BYTES,
     BadReference,
     BlobRef,
-    blob_present,
-    new_buffer,
+    BlobUnavailable,
     read_blob,
     write_blob,
 )
@@ -336,7 +335,7 @@ class RedisQueues(BaseQueues):
             self._call("acknowledge", ack)
 
     def _delete_blobs(self, pipe: Any, blobs: Sequence[BlobRef]) -> None:
-        keys = [key for blob in blobs for key in blob.keys(self.prefix)]
+        keys = [key for blob in blobs for key in blob.all_keys(self.prefix)]
         if keys:
             pipe.unlink(*keys)
 
@@ -354,8 +353,12 @@ class RedisQueues(BaseQueues):
         self._call(what, lambda client: write_blob(client, self.prefix, blob, parts, stream,
                                                    fields))
 
-    def _payload(self, fields: Mapping[bytes, bytes] | None) -> Payload | None:
-        """What an entry carries; None for an entry without a message (deleted unread)."""
+    def _payload(self, fields: Mapping[bytes, bytes] | None,
+                 new: bool = False) -> Payload | None:
+        """What an entry carries; None for an entry without a message (deleted unread).
+
+        `new`: the entry was just added, so a large message may still be arriving.
+        """
         fields = fields or {}
         data = fields.get(PAYLOAD_FIELD)
         if data is not None:
@@ -364,35 +367,29 @@ class RedisQueues(BaseQueues):
         if raw is None:
             return None
         try:
-            return BlobRef.from_field(raw)
+            return BlobRef.from_field(raw, streamed=new)
         except BadReference as exc:
             logger.error("dropped a stream entry: %s", exc)
             return None
 
     def _fetch(self, payload: Payload, shared: bool = False) -> Buffer | None:
-        """The bytes of a message; None if its chunks are gone (handled by someone else).
+        """The bytes of a message; None if it cannot be read (see :class:`BlobUnavailable`).
 
         A large request lands in shared memory (`shared`): a task server forwards it to its
         worker process by name, not by copying it into a pipe.
         """
         if not isinstance(payload, BlobRef):
             return payload
-        if not self._call("look for a large message",
-                          lambda client: blob_present(client, payload, self.prefix)):
-            logger.warning("dropped large message %s: its chunks are gone or do not match "
-                           "(handled already, or not written by steersman)", payload.blob_id)
-            return None
         try:
-            buffer = new_buffer(payload, shared)
+            buffer = self._call("read a large message", lambda client: read_blob(
+                client, self.prefix, payload, shared))
+        except BlobUnavailable as exc:
+            logger.warning("dropped large message %s: %s", payload.blob_id, exc)
+            return None
         except BadReference as exc:
             logger.error("dropped a large message: %s", exc)
             return None
-        if self._call("read a large message",
-                      lambda client: read_blob(client, self.prefix, payload, buffer)):
-            return memoryview(buffer)
-        logger.warning("dropped large message %s: its chunks changed while it was read",
-                       payload.blob_id)
-        return None
+        return memoryview(buffer)
 
     # --- client side: sending requests, receiving results -------------------------------------
 
@@ -466,7 +463,7 @@ class RedisQueues(BaseQueues):
             ids = self._unacked_results.setdefault(stream, [])
             for entry_id, fields in entries:
                 ids.append(entry_id)
-                payload = self._payload(fields)
+                payload = self._payload(fields, new=start == ">")
                 if isinstance(payload, BlobRef):
                     self._unacked_blobs.append(payload)  # deleted with the entry
                 if payload is not None and stream != self._wake_key():
@@ -563,7 +560,7 @@ class RedisQueues(BaseQueues):
                 continue
             for _, entries in cast(list[Any], reply or []):
                 for entry, fields in entries:
-                    payload = self._payload(fields)
+                    payload = self._payload(fields, new=True)
                     if payload is None:
                         self._ack(self.requests_key, [entry])
                         continue
