@@ -220,6 +220,9 @@ class BlobUnavailable(Exception):
     stopped sending it. The entry is dropped."""
 
 
+_GONE = "its chunks are gone or do not match (handled already, or not written by steersman)"
+
+
 def read_blob(client: redis.Redis, prefix: str, ref: BlobRef,
               shared: bool = False) -> mmap.mmap:
     """The message of `ref`, read chunk by chunk into new memory as the chunks arrive.
@@ -260,8 +263,7 @@ def read_blob(client: redis.Redis, prefix: str, ref: BlobRef,
                 length = replies.bulk_length()
                 if length is None:
                     if n <= sure:
-                        raise BlobUnavailable("its chunks are gone or do not match (handled "
-                                              "already, or not written by steersman)")
+                        raise BlobUnavailable(_GONE)
                     if paired and token is None:
                         raise BlobUnavailable(f"no chunk of it came for {wait:g} s (its "
                                               "writer stopped)")
@@ -269,8 +271,7 @@ def read_blob(client: redis.Redis, prefix: str, ref: BlobRef,
                     heapq.heappush(todo, n)  # not written yet: wait for its token
                     continue
                 if length != min(ref.chunk_bytes, ref.size - start):
-                    raise BlobUnavailable("its chunks are gone or do not match (handled "
-                                          "already, or not written by steersman)")
+                    raise BlobUnavailable(_GONE)
                 if paired and token is None:  # there without a token: written long ago
                     assumed = ref.count - 1
                 with landing.take(start, length) as view:
@@ -486,10 +487,6 @@ class _Replies:
         line = bytes(self._pending[:end])
         del self._pending[:end + 2]
         return line
-
-
-def _wrong_type(error: redis.exceptions.ResponseError) -> bool:
-    return str(error).startswith("WRONGTYPE")
 
 
 def _unexpected(line: bytes) -> redis.exceptions.RedisError:
