@@ -7,6 +7,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,91 @@ def test_shared_memory_full_midway_goes_on_in_private_memory(
     buffer = writing.read(shared=True)
     assert len(calls) == 3 and bytes(buffer) == writing.message
     assert glob.glob(mine) == []  # the half-filled file is gone, the message is private
+
+
+# --- memory reused between messages -----------------------------------------------------------
+
+
+def _written(raw: Any, size: int) -> Writing:
+    writing = Writing(raw, size)
+    for n in range(writing.ref.count):
+        writing.chunk(n, token=n > 0)
+    return writing
+
+
+def _memory(buffer: Any) -> Any:
+    """The map a message read into private memory lies in."""
+    return memoryview(buffer).obj
+
+
+def test_memory_of_a_freed_message_is_reused_for_the_next(redis_server: Any) -> None:
+    raw = redis_server.client()
+    first = _written(raw, 3 * CHUNK_BYTES + 5).read()
+    memory = _memory(first)
+    del first  # nothing refers to the first message any more
+    second = _written(raw, 3 * CHUNK_BYTES + 9)  # a header a few bytes longer, say
+    buffer = second.read()
+    assert _memory(buffer) is memory and bytes(buffer) == second.message
+
+
+def test_memory_still_in_use_is_never_overwritten(redis_server: Any) -> None:
+    raw = redis_server.client()
+    first = _written(raw, 3 * CHUNK_BYTES + 5)
+    read = first.read()
+    memory = _memory(read)
+    kept = np.frombuffer(read, dtype=np.uint8)[100:200]  # a value still alive
+    del read
+    second = _written(raw, 3 * CHUNK_BYTES + 5)
+    buffer = second.read()
+    assert bytes(kept) == first.message[100:200]
+    assert _memory(buffer) is not memory and bytes(buffer) == second.message
+
+
+def test_memory_is_reused_only_for_a_message_of_about_its_size(redis_server: Any) -> None:
+    raw = redis_server.client()
+    first = _written(raw, 8 * CHUNK_BYTES).read()
+    memory = _memory(first)
+    del first
+    small = _written(raw, 2 * CHUNK_BYTES)  # would hold 8 MiB for a 2 MiB message
+    assert _memory(small.read()) is not memory
+
+
+def test_reading_into_shared_memory_leaves_no_descriptor_open(redis_server: Any) -> None:
+    raw = redis_server.client()
+    raw.ping()  # the connection is open before counting
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        del_me = _written(raw, 3 * CHUNK_BYTES).read(shared=True)
+        del del_me
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_spare_memory_is_given_back_when_unused(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_redis_blobs, "SPARE_SECONDS", 0.05)
+    raw = redis_server.client()
+    first = _written(raw, 3 * CHUNK_BYTES).read()
+    memory = _memory(first)
+    del first
+    deadline = time.monotonic() + 5
+    while not memory.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert memory.closed  # unmapped by the timer, not kept for good
+
+
+def test_a_forked_child_starts_without_spare_memory(redis_server: Any) -> None:
+    raw = redis_server.client()
+    del_me = _written(raw, 3 * CHUNK_BYTES).read()
+    del del_me
+    assert _redis_blobs._SPARE._buffer is not None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, b"1" if _redis_blobs._SPARE._buffer is None else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
 
 
 # --- security ----------------------------------------------------------------------------------

@@ -20,10 +20,13 @@ stops halfway (it died, or Redis refused a chunk) leaves its reader waiting at m
 
 The reader takes memory for the message as the chunks arrive, in a few doubling steps (a
 reference claiming more than Redis holds costs little), mapping each step's pages in one call
-rather than faulting them in one at a time. Both sides use a connection borrowed from the client's
-pool, so TLS, ACL user, password and database number apply as for every other command. Chunks
-also keep each argument below Redis's ``proto-max-bulk-len`` (512 MB by default), so no message
-size limit comes from Redis.
+rather than faulting them in one at a time. A reader that keeps its message in private memory
+(a thinker reading results) reuses the memory of its previous message once nothing refers to
+it any more (see :class:`_Spare`): fresh pages cost the kernel as much as the copies.
+
+Both sides use a connection borrowed from the client's pool, so TLS, ACL user, password and
+database number apply as for every other command. Chunks also keep each argument below Redis's
+``proto-max-bulk-len`` (512 MB by default), so no message size limit comes from Redis.
 
 Whoever acknowledges the entry deletes its keys; see :mod:`steersman.queue.redis`.
 """
@@ -35,11 +38,13 @@ import heapq
 import mmap
 import os
 import re
+import threading
 import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any
 
 import redis
@@ -61,6 +66,8 @@ writer died, or Redis refused a chunk). Shortened to half the connection's socke
 
 FIRST_STEP = 16 * 1024 * 1024
 """Memory a reader takes for a message at first; then as much again each time it is full."""
+SPARE_SECONDS = 5.0
+"""How long the private memory of a message read, once free, is kept for the next one."""
 
 _MIN_CHUNK, _MAX_CHUNK = 64 * 1024, 512 * 1024 * 1024
 _MAX_CHUNKS = 1 << 16
@@ -224,7 +231,7 @@ _GONE = "its chunks are gone or do not match (handled already, or not written by
 
 
 def read_blob(client: redis.Redis, prefix: str, ref: BlobRef,
-              shared: bool = False) -> mmap.mmap:
+              shared: bool = False) -> mmap.mmap | memoryview:
     """The message of `ref`, read chunk by chunk into new memory as the chunks arrive.
 
     With `shared`, the memory is a file in shared memory where possible (see
@@ -280,7 +287,7 @@ def read_blob(client: redis.Redis, prefix: str, ref: BlobRef,
     except BaseException:
         landing.drop()
         raise
-    return landing.buffer
+    return landing.message()
 
 
 def _read_command(key: bytes, ready: bytes | None, wait: float) -> bytes:
@@ -316,7 +323,20 @@ class _Landing:
                 spilled = shared_buffer(size, reserve=False)
                 self._fd = os.open(spilled.path, os.O_RDWR | os.O_CLOEXEC)
                 buffer = spilled
+        if buffer is None:
+            buffer = _SPARE.take(size)
+            if buffer is not None:
+                self._taken = len(buffer)  # all of it backed already
         self.buffer = buffer if buffer is not None else _private(size)
+
+    def message(self) -> mmap.mmap | memoryview:
+        """The message read; private memory is offered for reuse once the message is freed."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            return self.buffer
+        _SPARE.keep(self.buffer)
+        return memoryview(self.buffer)[: self.size]
 
     def take(self, start: int, length: int) -> memoryview:
         """Where bytes ``[start, start + length)`` go, backed by memory now."""
@@ -350,9 +370,83 @@ class _Landing:
             self.buffer.close()
 
 
-def _private(size: int) -> mmap.mmap:
+def _rounded(size: int) -> int:
+    """Private memory for a message is taken in whole chunks: the next message of about the
+    same size (a header a few bytes longer) fits in it."""
+    return -(-size // CHUNK_BYTES) * CHUNK_BYTES
+
+
+class _Spare:
+    """The private memory of the last message read in this process, for the next one.
+
+    It is reused only once nothing refers to the message any more (no value decoded from it is
+    alive: the map then has no exported buffer), and only for a message that fills most of it;
+    after :data:`SPARE_SECONDS` unused, it is given back. A forked child starts without one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer: mmap.mmap | None = None
+        self._until = 0.0
+        self._timer: threading.Thread | None = None
+        self._changed = threading.Condition(self._lock)
+
+    def take(self, size: int) -> mmap.mmap | None:
+        """The spare memory if it is free and fits a message of `size` bytes."""
+        with self._lock:
+            buffer, self._buffer = self._buffer, None
+        if buffer is None or not size <= len(buffer) <= _rounded(size + size // 8):
+            return None
+        return buffer if _unused(buffer) else None
+
+    def keep(self, buffer: mmap.mmap) -> None:
+        """Offer `buffer` (still in use) for the next message."""
+        with self._lock:
+            previous, self._buffer = self._buffer, buffer
+            self._until = monotonic() + SPARE_SECONDS
+            if self._timer is None:
+                self._timer = threading.Thread(target=self._expire, daemon=True,
+                                               name="steersman-spare-memory")
+                self._timer.start()
+            self._changed.notify()
+        del previous  # unmapped here if free, outside the lock
+
+    def _expire(self) -> None:
+        while True:
+            with self._lock:
+                while self._buffer is None or self._until > monotonic():
+                    self._changed.wait(None if self._buffer is None
+                                       else self._until - monotonic())
+                buffer, self._buffer = self._buffer, None
+            if _unused(buffer):
+                buffer.close()  # unmapped now, not whenever the collector gets to it
+            del buffer
+
+    def forget(self) -> None:
+        """In a forked child: no spare memory, no timer (threads do not survive a fork)."""
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._buffer, self._timer = None, None
+
+
+def _unused(buffer: mmap.mmap) -> bool:
+    """Whether nothing refers to the memory of `buffer`: a map can only be resized (here to
+    its own size, which changes nothing) while it has no exported buffer."""
     try:
-        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | _MAP_ANONYMOUS)
+        buffer.resize(len(buffer))
+        return True
+    except (BufferError, OSError, SystemError, TypeError, ValueError):
+        return False
+
+
+_SPARE = _Spare()
+os.register_at_fork(after_in_child=_SPARE.forget)
+
+
+def _private(size: int) -> mmap.mmap:
+    """Private memory for a message of `size` bytes (in whole chunks, see :func:`_rounded`)."""
+    try:
+        return mmap.mmap(-1, _rounded(size), flags=mmap.MAP_PRIVATE | _MAP_ANONYMOUS)
     except (OSError, OverflowError, ValueError) as exc:
         raise BadReference(f"cannot hold a message of {size} bytes: {exc}") from None
 
