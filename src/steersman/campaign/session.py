@@ -192,6 +192,7 @@ class Recording:
         # in a row (a tuple each would set the garbage collector running more often)
         self._unwritten: list[Any] = []
         self._flush_lock = threading.Lock()
+        self._closing = False  # the agents are done: lines need not leave them the interpreter
         self._displays: list[Display] = []
         self._catch_up_results()
         self.dir.open_traces()
@@ -274,7 +275,7 @@ class Recording:
             self.journal.write_queued()  # no line before its record
             lines: list[bytes] = []
             for start in range(0, len(unwritten), _LINE_ITEMS * LINES_PER_TURN):
-                if start:
+                if start and not self._closing:
                     sleep(YIELD)  # let the agents have the interpreter: they wait for it
                 turn = iter(unwritten[start : start + _LINE_ITEMS * LINES_PER_TURN])
                 lines += [trace_line(header, receipt, inputs, value, method)
@@ -284,6 +285,7 @@ class Recording:
                 self.dir.write_result_lines(b"".join(lines))
 
     def close(self, outcome: dict[str, Any]) -> None:
+        self._closing = True
         self.journal.write_queued()  # results and processed marks before the end
         self.journal.append(RecordKind.END, [to_json(outcome).encode()])
         self.journal.close()
