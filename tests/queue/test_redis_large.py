@@ -25,11 +25,15 @@ from steersman.queue import _redis_blobs
 from steersman.queue._redis_blobs import (
     BLOB_MIN_BYTES,
     CHUNK_BYTES,
+    PIECE_BYTES,
+    RECYCLE_SECONDS,
     BadReference,
     BlobRef,
     BlobUnavailable,
     _cut,
     read_blob,
+    spare_key,
+    take_spare,
 )
 from steersman.queue.pipe import SPILL_DIR, PipeChannel
 from steersman.queue.redis import (
@@ -53,6 +57,19 @@ def blob_keys(raw: Any, queues: RedisQueues) -> list[bytes]:
     return list(raw.scan_iter(match=f"{queues.prefix}:blob:*", count=1000))
 
 
+def lasting_blob_keys(raw: Any, queues: RedisQueues) -> list[bytes]:
+    """Keys of large messages that stay for good (released ones expire, see spares)."""
+    return [key for key in blob_keys(raw, queues) if raw.pttl(key) == -1]
+
+
+def expiring_soon(raw: Any, keys: list[bytes]) -> bool:
+    return all(0 < raw.pttl(key) <= RECYCLE_SECONDS * 1000 for key in keys)
+
+
+def blob_ids(keys: list[bytes]) -> set[bytes]:
+    return {key.split(b":blob:")[1].split(b":")[0] for key in keys}
+
+
 @pytest.fixture
 def pair(redis_server: Any) -> Iterator[tuple[RedisQueues, RedisQueues]]:
     client, server = make_queue_pairs(redis_server.host, redis_server.port)
@@ -66,7 +83,7 @@ def pair(redis_server: Any) -> Iterator[tuple[RedisQueues, RedisQueues]]:
 
 
 @pytest.mark.parametrize("threads", [False, True], ids=["worker-processes", "threads"])
-def test_large_array_round_trip_is_intact_and_leaves_no_keys(
+def test_large_array_round_trip_is_intact_and_leaves_nothing_for_good(
     redis_server: Any, threads: bool,
 ) -> None:
     client, server_queues = make_queue_pairs(redis_server.host, redis_server.port)
@@ -85,8 +102,12 @@ def test_large_array_round_trip_is_intact_and_leaves_no_keys(
         server.join(timeout=30)
         assert server.exitcode == 0
         assert glob.glob(f"{SPILL_DIR}/steersman-{server.pid}-*") == []  # no request left
-        client.close()  # acknowledges (and deletes) the last result read
-        assert blob_keys(raw, client) == []
+        client.close()  # acknowledges (and releases) the last result read
+        left = blob_keys(raw, client)
+        assert left and expiring_soon(raw, left)  # spares for the next message, for a while
+        assert not any(b":ready" in key for key in left)
+        # the second request and result reused the keys of the first ones
+        assert len(blob_ids(left)) == 2
         assert raw.xlen(client.requests_key) == 0
         assert raw.xlen(client.results_key("default")) == 0
     finally:
@@ -105,7 +126,7 @@ def test_large_request_travels_beside_its_entry(
     ((_, fields),) = raw.xrange(client.requests_key)
     assert PAYLOAD_FIELD not in fields
     ref = BlobRef.from_field(fields[BLOB_FIELD])
-    assert ref.size > BIG.nbytes and ref.count == -(-ref.size // CHUNK_BYTES)
+    assert ref.size > BIG.nbytes and ref.count == -(-ref.size // PIECE_BYTES)
     assert sorted(blob_keys(raw, client)) == sorted(ref.all_keys(client.prefix))
 
     message = server.get_task(timeout=10)
@@ -121,9 +142,11 @@ def test_large_request_travels_beside_its_entry(
     forwarded = channel.read(5)
     assert forwarded == message.data
     assert glob.glob(mine) == []  # the reader took it
-    assert blob_keys(raw, client) != []  # kept until the request is done: a server may die
-    server.request_done(task_id)
-    assert blob_keys(raw, client) == []
+    assert lasting_blob_keys(raw, client) != []  # kept until the request is done: a server
+    server.request_done(task_id)                  # may die
+    assert sorted(blob_keys(raw, client)) == sorted(ref.keys(client.prefix))  # tokens gone
+    assert expiring_soon(raw, blob_keys(raw, client))  # the chunks wait for the next message
+    assert raw.zrange(spare_key(client.prefix), 0, -1) == [ref.blob_id.encode()]
     assert raw.xlen(client.requests_key) == 0
 
 
@@ -164,7 +187,7 @@ def test_large_request_of_a_dead_server_goes_to_another(redis_server: Any) -> No
         result = client.get_result(timeout=10)
         assert result is not None and np.array_equal(result.value, BIG + 1)
         client.close()
-        assert blob_keys(raw, client) == []
+        assert lasting_blob_keys(raw, client) == []
     finally:
         for queues in (client, eager):
             queues.close()
@@ -189,13 +212,13 @@ def test_entry_whose_chunks_are_gone_is_dropped(
     raw = redis_server.client()
     client.send_inputs(BIG, method="add_one")
     (chunk, *_) = sorted(blob_keys(raw, client))  # a chunk, not the list of tokens
-    assert not chunk.endswith(b":ready")
+    assert b":ready" not in chunk
     raw.delete(chunk)  # as if another server had finished it already
     with caplog.at_level(logging.WARNING, logger="steersman.queue.redis"):
         assert server.get_task(timeout=2) is None
     assert any("chunks are gone" in r.getMessage() for r in caplog.records)
     assert raw.xlen(client.requests_key) == 0
-    assert blob_keys(raw, client) == []
+    assert lasting_blob_keys(raw, client) == []
 
     task_id = client.send_inputs(BIG, method="add_one")  # the next one still goes through
     message = server.get_task(timeout=10)
@@ -209,11 +232,13 @@ def test_entry_whose_chunks_are_gone_is_dropped(
 class Writing:
     """A large message written by hand, a chunk at a time, as a writer streams it."""
 
-    def __init__(self, raw: Any, size: int = 3 * CHUNK_BYTES + 5, prefix: str = "t"):
+    def __init__(self, raw: Any, size: int = 3 * CHUNK_BYTES + 5, prefix: str = "t",
+                 blob_id: str | None = None):
         self.raw, self.prefix = raw, prefix
         self.message = os.urandom(size)
-        self.ref = BlobRef.new(size)
-        self.chunks = [b"".join(pieces) for pieces in _cut([self.message], CHUNK_BYTES)]
+        self.ref = BlobRef.new(size, blob_id)
+        self.chunks = [self.ref.head + b"".join(pieces)
+                       for pieces in _cut([self.message], self.ref.chunk_bytes)]
 
     def chunk(self, n: int, token: bool = True) -> None:
         self.raw.set(self.ref.keys(self.prefix)[n], self.chunks[n])
@@ -221,7 +246,8 @@ class Writing:
             self.raw.rpush(self.ref.ready_key(self.prefix), n)
 
     def read(self, streamed: bool = True, shared: bool = False) -> Any:
-        ref = BlobRef(self.ref.blob_id, self.ref.size, self.ref.chunk_bytes, streamed)
+        ref = BlobRef(self.ref.blob_id, self.ref.stamp, self.ref.size, self.ref.chunk_bytes,
+                      streamed)
         return read_blob(self.raw, self.prefix, ref, shared)
 
     def read_in_thread(self, **options: bool) -> tuple[threading.Thread, dict[str, Any]]:
@@ -302,6 +328,115 @@ def test_shared_memory_full_midway_goes_on_in_private_memory(
     buffer = writing.read(shared=True)
     assert len(calls) == 3 and bytes(buffer) == writing.message
     assert glob.glob(mine) == []  # the half-filled file is gone, the message is private
+
+
+# --- chunk keys reused between messages --------------------------------------------------------
+
+
+def _request_ref(raw: Any, queues: RedisQueues) -> BlobRef:
+    ((_, fields),) = raw.xrange(queues.requests_key)
+    return BlobRef.from_field(fields[BLOB_FIELD])
+
+
+def test_a_released_message_leaves_its_keys_to_the_next(
+    pair: tuple[RedisQueues, RedisQueues], redis_server: Any,
+) -> None:
+    client, server = pair
+    raw = redis_server.client()
+    refs = []
+    for value in (BIG, BIG + 1):
+        task_id = client.send_inputs(value, method="add_one")
+        refs.append(_request_ref(raw, client))
+        message = server.get_task(timeout=10)
+        assert message is not None and message.result is not None
+        assert np.array_equal(message.result.decode_inputs()[0][0], value)
+        server.request_done(task_id)
+    first, second = refs
+    assert second.blob_id == first.blob_id and second.stamp != first.stamp
+    assert len(blob_ids(blob_keys(raw, client))) == 1  # Redis holds one message's worth
+
+
+def test_a_reader_never_takes_an_earlier_message_s_chunk(redis_server: Any) -> None:
+    raw = redis_server.client()
+    earlier = Writing(raw)
+    for n in range(earlier.ref.count):
+        earlier.chunk(n, token=False)
+    later = Writing(raw, blob_id=earlier.ref.blob_id)  # same keys, same size, new stamp
+    later.chunk(0, token=False)
+    reader, out = later.read_in_thread()
+    time.sleep(0.2)
+    assert reader.is_alive() and not out  # it waits for the later message's own chunks
+    for n in range(1, later.ref.count):
+        later.chunk(n)
+    reader.join(10)
+    assert "error" not in out and bytes(out["buffer"]) == later.message
+
+
+def test_an_older_entry_waits_for_a_chunk_an_earlier_message_still_holds(
+    redis_server: Any,
+) -> None:
+    raw = redis_server.client()
+    earlier = Writing(raw)
+    for n in range(earlier.ref.count):
+        earlier.chunk(n, token=False)
+    later = Writing(raw, blob_id=earlier.ref.blob_id)
+    for n in (0, 2, 3):
+        later.chunk(n, token=False)
+    reader, out = later.read_in_thread(streamed=False)  # assumes all there: checks stamps
+    time.sleep(0.2)
+    assert reader.is_alive() and not out
+    later.chunk(1)
+    reader.join(10)
+    assert "error" not in out and bytes(out["buffer"]) == later.message
+
+
+def test_a_late_second_acknowledgement_recycles_nothing(
+    pair: tuple[RedisQueues, RedisQueues], redis_server: Any,
+) -> None:
+    client, server = pair
+    raw = redis_server.client()
+    task_id = client.send_inputs(BIG, method="add_one")
+    ref = _request_ref(raw, client)
+    assert server.get_task(timeout=10) is not None
+    entry = server._inflight[task_id]
+    server.request_done(task_id)
+    client.send_inputs(BIG, method="add_one")  # takes the released keys
+    assert _request_ref(raw, client).blob_id == ref.blob_id
+    assert raw.zcard(spare_key(client.prefix)) == 0
+    server._ack(client.requests_key, [entry], {entry: ref})  # as a server that woke up late
+    assert raw.zcard(spare_key(client.prefix)) == 0  # the new message's keys are not offered
+    assert lasting_blob_keys(raw, client) != [] and not expiring_soon(
+        raw, blob_keys(raw, client))
+    message = server.get_task(timeout=10)
+    assert message is not None and message.result is not None
+    assert np.array_equal(message.result.decode_inputs()[0][0], BIG)
+
+
+def test_a_writer_takes_the_spare_that_fits_best(redis_server: Any) -> None:
+    raw = redis_server.client()
+    ids = {count: os.urandom(16).hex() for count in (2, 5, 20)}
+    raw.zadd(spare_key("t"), {blob_id: count for count, blob_id in ids.items()})
+    assert take_spare(raw, "t", 4 * PIECE_BYTES) == ids[5]  # the fewest chunks that are enough
+    assert take_spare(raw, "t", 30 * PIECE_BYTES) == ids[20]  # none is enough: the largest
+    assert take_spare(raw, "t", 1) == ids[2]
+    assert take_spare(raw, "t", 1) is None
+
+
+def test_unused_spares_expire(
+    pair: tuple[RedisQueues, RedisQueues], redis_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_redis_blobs, "RECYCLE_SECONDS", 0.2)
+    client, server = pair
+    raw = redis_server.client()
+    task_id = client.send_inputs(BIG, method="add_one")
+    assert server.get_task(timeout=10) is not None
+    server.request_done(task_id)
+    assert blob_keys(raw, client) != []
+    deadline = time.monotonic() + 5
+    while (blob_keys(raw, client) or raw.exists(spare_key(client.prefix))) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert blob_keys(raw, client) == [] and not raw.exists(spare_key(client.prefix))
 
 
 # --- memory reused between messages -----------------------------------------------------------
@@ -428,7 +563,7 @@ def test_forged_large_messages_are_rejected_unopened(
         assert len(rejected) == 6, [r.getMessage() for r in caplog.records]
         assert not marker.exists()
         assert raw.xlen(client.requests_key) == 0  # the forged entries were deleted
-        assert blob_keys(raw, client) == []  # and so were their chunks
+        assert lasting_blob_keys(raw, client) == []  # and their chunks expire
 
         task_id = client.send_inputs(BIG, method="add_one")  # a signed one goes through
         message = server.get_task(timeout=10)
@@ -441,10 +576,15 @@ def test_forged_large_messages_are_rejected_unopened(
         client.purge()
 
 
-@pytest.mark.parametrize("field", [b"", b"x", b"0" * 32 + b":0:1048576",
-                                   b"0" * 32 + b":10:1", b"0" * 32 + b":-5:1048576",
-                                   b"0" * 32 + b":" + str(10**12).encode() + b":65536",
-                                   b"ZZ" * 16 + b":10:1048576", b"\xff"])
+_ID = b"0" * 32
+
+
+@pytest.mark.parametrize("field", [b"", b"x", _ID + b":" + _ID + b":0:1048576",
+                                   _ID + b":" + _ID + b":10:1", _ID + b":" + _ID + b":-5:1048576",
+                                   _ID + b":" + _ID + b":" + str(10**12).encode() + b":65536",
+                                   b"ZZ" * 16 + b":" + _ID + b":10:1048576",
+                                   _ID + b":" + b"ZZ" * 16 + b":10:1048576",
+                                   _ID + b":10:1048576", b"\xff"])
 def test_malformed_references_are_refused(field: bytes) -> None:
     with pytest.raises(BadReference):
         BlobRef.from_field(field)

@@ -4,19 +4,21 @@ A message of :data:`BLOB_MIN_BYTES` or more does not travel inside its stream en
 would copy it whole into one command buffer (hiredis packs every argument into one ``bytes``)
 and read it back 64 KiB at a time into a growing buffer, and Redis would copy it into the
 stream's listpack. Instead its bytes, unchanged (same layout, same signature), are cut into
-chunks of :data:`CHUNK_BYTES`, each a string key ``{prefix}:blob:{id}:{n}``, and the stream entry
-carries only a :class:`BlobRef` (id, size, chunk size).
+chunks of :data:`CHUNK_BYTES`, each a string key ``{prefix}:blob:{id}:{n}`` that starts with the
+message's stamp, and the stream entry carries only a :class:`BlobRef` (key id, stamp, size,
+chunk size).
 
 The message is *streamed*: its reader starts while the writer is still sending it, so a large
 message costs about the longer of the two sides, not their sum. The writer adds the entry
 together with the first chunk (one MULTI/EXEC), then each further chunk followed by a token
-(its number) on the list ``{prefix}:blob:{id}:ready``; all of it in one go, straight from the
-message's own buffers. The reader of a new entry pairs each further chunk's GET with a BLPOP of
-the next token, so Redis hands it each chunk as soon as it is there, without polling. A reader
-of an older entry (taken over from a server that died, or read again after a reconnection)
-expects the chunks to be there and waits for tokens only where one is missing. A writer that
-stops halfway (it died, or Redis refused a chunk) leaves its reader waiting at most
-:data:`STALL_SECONDS` without progress; the message is then dropped.
+(its number) on the list ``{prefix}:blob:{id}:ready:{stamp}``; all of it in one go, straight
+from the message's own buffers. The reader of a new entry pairs each further chunk's GET with a
+BLPOP of the next token, so Redis hands it each chunk as soon as it is there, without polling.
+A reader of an older entry (taken over from a server that died, or read again after a
+reconnection) expects the chunks to be there and waits for tokens only where one is missing (or
+holds an earlier message's stamp). A writer that stops halfway (it died, or Redis refused a
+chunk) leaves its reader waiting at most :data:`STALL_SECONDS` without progress; the message is
+then dropped.
 
 The reader takes memory for the message as the chunks arrive, in a few doubling steps (a
 reference claiming more than Redis holds costs little), mapping each step's pages in one call
@@ -28,7 +30,8 @@ Both sides use a connection borrowed from the client's pool, so TLS, ACL user, p
 database number apply as for every other command. Chunks also keep each argument below Redis's
 ``proto-max-bulk-len`` (512 MB by default), so no message size limit comes from Redis.
 
-Whoever acknowledges the entry deletes its keys; see :mod:`steersman.queue.redis`.
+Whoever acknowledges the entry releases its keys, and the next large message of the campaign
+reuses them (see the recycling section below); see :mod:`steersman.queue.redis`.
 """
 
 from __future__ import annotations
@@ -55,7 +58,12 @@ from steersman.queue.pipe import shared_buffer
 BLOB_MIN_BYTES = 1024 * 1024
 """Messages this large or larger travel as chunk keys rather than inside their stream entry."""
 CHUNK_BYTES = 1024 * 1024
-"""Size of one chunk key (the last chunk of a message may be shorter)."""
+"""Size of one chunk key's value: its message's stamp, then the message's next bytes (the last
+chunk of a message may be shorter)."""
+STAMP_BYTES = 16
+"""The stamp of a message, at the head of each of its chunks (see :class:`BlobRef`)."""
+PIECE_BYTES = CHUNK_BYTES - STAMP_BYTES
+"""Bytes of the message in one chunk."""
 READ_AHEAD = 2
 """Chunks requested ahead while reading a message. All at once, Redis would build every reply
 in memory it must first map (a page fault per 4 KiB, as costly as the copies); a few at a
@@ -86,22 +94,31 @@ class BadReference(ValueError):
 
 @dataclass(frozen=True)
 class BlobRef:
-    """Where a large message waits: the id of its chunk keys, its size and the chunk size."""
+    """Where a large message waits: the id of its chunk keys, the message's own stamp, its size
+    and the chunk size.
+
+    Chunk keys outlive their message (see :func:`take_spare`), so every chunk starts with the
+    :data:`STAMP_BYTES` bytes of its message's stamp: a reader tells its own chunks from those
+    of an earlier message under the same keys.
+    """
 
     blob_id: str
+    stamp: str
     size: int
-    chunk_bytes: int = CHUNK_BYTES
+    chunk_bytes: int = PIECE_BYTES  # of the message, in each chunk after the stamp
     #: Read as it is written (a new entry): wait for each chunk's token. Not part of the entry.
     streamed: bool = field(default=False, compare=False)
 
     @classmethod
-    def new(cls, size: int) -> BlobRef:
-        """A reference with an id of its own, for a message of `size` bytes."""
-        return cls(uuid.uuid4().hex, size)
+    def new(cls, size: int, blob_id: str | None = None) -> BlobRef:
+        """A reference for a message of `size` bytes, in the keys of `blob_id` (the keys of a
+        released message) or in keys of its own."""
+        stamp = uuid.uuid4().hex
+        return cls(blob_id or stamp, stamp, size)
 
     def to_field(self) -> bytes:
         """The value stored in the stream entry."""
-        return f"{self.blob_id}:{self.size}:{self.chunk_bytes}".encode()
+        return f"{self.blob_id}:{self.stamp}:{self.size}:{self.chunk_bytes}".encode()
 
     @classmethod
     def from_field(cls, raw: bytes, streamed: bool = False) -> BlobRef:
@@ -110,12 +127,12 @@ class BlobRef:
         `streamed`: the entry is new, so its message may still be arriving.
         """
         try:
-            blob_id, size, chunk = raw.decode("ascii").split(":")
-            ref = cls(blob_id, int(size), int(chunk), streamed)
+            blob_id, stamp, size, chunk = raw.decode("ascii").split(":")
+            ref = cls(blob_id, stamp, int(size), int(chunk), streamed)
         except ValueError:
             raise BadReference(f"malformed large-message reference {raw[:80]!r}") from None
-        if (not _BLOB_ID.fullmatch(ref.blob_id) or ref.size <= 0
-                or not _MIN_CHUNK <= ref.chunk_bytes <= _MAX_CHUNK
+        if (not _BLOB_ID.fullmatch(ref.blob_id) or not _BLOB_ID.fullmatch(ref.stamp)
+                or ref.size <= 0 or not _MIN_CHUNK <= ref.chunk_bytes <= _MAX_CHUNK
                 or ref.count > _MAX_CHUNKS):
             raise BadReference(f"invalid large-message reference {raw[:80]!r}")
         return ref
@@ -125,13 +142,19 @@ class BlobRef:
         """Number of chunk keys."""
         return -(-self.size // self.chunk_bytes)
 
+    @property
+    def head(self) -> bytes:
+        """The first bytes of each of its chunks: its stamp."""
+        return bytes.fromhex(self.stamp)
+
     def keys(self, prefix: str) -> list[bytes]:
         """Names of the chunk keys, in order."""
         return [f"{prefix}:blob:{self.blob_id}:{n}".encode() for n in range(self.count)]
 
     def ready_key(self, prefix: str) -> bytes:
-        """Name of the list of tokens, one per chunk written after the entry."""
-        return f"{prefix}:blob:{self.blob_id}:ready".encode()
+        """Name of the list of tokens, one per chunk written after the entry; its own to this
+        message, so a late reader of an earlier message never takes its tokens."""
+        return f"{prefix}:blob:{self.blob_id}:ready:{self.stamp}".encode()
 
     def all_keys(self, prefix: str) -> list[bytes]:
         """Every key of the message: chunks and tokens."""
@@ -145,14 +168,15 @@ def write_blob(client: redis.Redis, prefix: str, ref: BlobRef, parts: Sequence[F
                stream: str, fields: dict[bytes, bytes]) -> None:
     """Add `fields` to `stream` with the first chunk of the message `parts`, then stream the
     other chunks of `ref`, each announced by its token (see the module)."""
-    keys, ready = ref.keys(prefix), ref.ready_key(prefix)
+    keys, ready, head = ref.keys(prefix), ref.ready_key(prefix), memoryview(ref.head)
     chunks = _cut(parts, ref.chunk_bytes)
     entry = [item for pair in fields.items() for item in pair]
-    commands: list[Frame] = [*_command(b"MULTI"), *_command(b"SET", keys[0], next(chunks)),
+    commands: list[Frame] = [*_command(b"MULTI"),
+                             *_command(b"SET", keys[0], [head, *next(chunks)]),
                              *_command(b"XADD", stream.encode(), b"*", *entry),
                              *_command(b"EXEC")]
     for n, pieces in enumerate(chunks, start=1):
-        commands += _command(b"SET", keys[n], pieces)
+        commands += _command(b"SET", keys[n], [head, *pieces])
         commands += _command(b"RPUSH", ready, b"%d" % n)
     with _borrowed(client) as (connection, replies):
         connection.send_packed_command(_merge_small(commands), check_health=False)
@@ -219,6 +243,64 @@ def _merge_small(buffers: Sequence[Frame]) -> list[Frame]:
     return merged
 
 
+# --- recycling --------------------------------------------------------------------------------
+#
+# Deleting a message's chunks frees them all at once, and Redis's allocator hands such runs of
+# freed memory straight back to the kernel (seen as madvise calls of 9-10 MB right after the
+# deletion); the next message's chunks then cost Redis a page fault per 4 KiB, more than the
+# copies (about 25,000 faults per 100 MB). Overwriting existing string keys reuses their memory
+# instead. So a released message's chunk keys are kept for :data:`RECYCLE_SECONDS`, and
+# their id listed in the sorted set ``{prefix}:spare`` (scored by chunk count); the next large
+# message from any writer of the campaign takes the best fit. Both steps are Lua scripts, so a
+# release happens only for the consumer whose acknowledgement took the entry off the pending
+# list (a late duplicate acknowledgement recycles nothing), and a spare goes to one writer.
+
+RECYCLE_SECONDS = 10.0
+"""How long the chunk keys of a released message wait for the next message to reuse them."""
+
+_TAKE = """
+local fit = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'LIMIT', 0, 1)[1]
+    or redis.call('ZRANGE', KEYS[1], -1, -1)[1]
+if fit then redis.call('ZREM', KEYS[1], fit) end
+return fit
+"""
+
+_RELEASE = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('DEL', ARGV[3])
+if acked == 1 then
+    for n = 0, tonumber(ARGV[6]) - 1 do redis.call('PEXPIRE', ARGV[5] .. n, ARGV[4]) end
+    redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7])
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return acked
+"""
+
+
+def spare_key(prefix: str) -> str:
+    """The sorted set of chunk-key ids free for the next large message."""
+    return f"{prefix}:spare"
+
+
+def take_spare(client: redis.Redis, prefix: str, size: int) -> str | None:
+    """The id of released chunk keys for a message of `size` bytes (the fewest chunks that are
+    enough, else the most there are), now this writer's; None if there are none."""
+    found = client.eval(_TAKE, 1, spare_key(prefix), -(-size // PIECE_BYTES))
+    if isinstance(found, bytes) and _BLOB_ID.fullmatch(found.decode("ascii", "replace")):
+        return found.decode()
+    return None
+
+
+def release(pipe: Any, prefix: str, stream: str, group: str, entry: bytes,
+            ref: BlobRef) -> None:
+    """Queue on `pipe` the acknowledgement and deletion of `entry`, whose message is `ref`:
+    its chunk keys become a spare for :data:`RECYCLE_SECONDS` (see above)."""
+    pipe.eval(_RELEASE, 2, stream, spare_key(prefix), group, entry, ref.ready_key(prefix),
+              int(RECYCLE_SECONDS * 1000), f"{prefix}:blob:{ref.blob_id}:", ref.count,
+              ref.blob_id)
+
+
 # --- reading ----------------------------------------------------------------------------------
 
 
@@ -267,8 +349,8 @@ def read_blob(client: redis.Redis, prefix: str, ref: BlobRef,
                         raise BlobUnavailable("its writer could not finish it")
                     sure, assumed = max(sure, token), max(assumed, token)
                 start = n * ref.chunk_bytes
-                length = replies.bulk_length()
-                if length is None:
+                length = min(ref.chunk_bytes, ref.size - start)
+                if not replies.chunk_of(ref.head, length):  # missing, or another message's
                     if n <= sure:
                         raise BlobUnavailable(_GONE)
                     if paired and token is None:
@@ -277,8 +359,6 @@ def read_blob(client: redis.Redis, prefix: str, ref: BlobRef,
                     assumed = min(assumed, n - 1)
                     heapq.heappush(todo, n)  # not written yet: wait for its token
                     continue
-                if length != min(ref.chunk_bytes, ref.size - start):
-                    raise BlobUnavailable(_GONE)
                 if paired and token is None:  # there without a token: written long ago
                     assumed = ref.count - 1
                 with landing.take(start, length) as view:
@@ -512,6 +592,30 @@ class _Replies:
             raise _unexpected(line)
         length = int(line[1:])
         return None if length < 0 else length
+
+    def chunk_of(self, head: bytes, length: int) -> bool:
+        """Whether the next reply is a chunk of `length` bytes after `head`; if so, only the
+        head is consumed, else the whole reply (a missing key, or another message's chunk)."""
+        size = self.bulk_length()
+        if size is None:
+            return False
+        if size == len(head) + length:
+            found = bytearray(len(head))
+            self.read_into(memoryview(found))
+            if found == head:
+                return True
+            size -= len(head)
+        self.skip(size)
+        self.expect_crlf()
+        return False
+
+    def skip(self, size: int) -> None:
+        """Consume the next `size` bytes of the connection."""
+        scratch = memoryview(bytearray(min(size, _READ_SIZE)))
+        while size:
+            piece = min(size, scratch.nbytes)
+            self.read_into(scratch[:piece])
+            size -= piece
 
     def read_into(self, view: memoryview) -> None:
         """Fill `view` with the next bytes of the connection."""

@@ -8,9 +8,10 @@ handled, so the streams do not grow over a campaign.
 
 A message of 1 MiB or more travels beside its entry, as string keys ``{prefix}:blob:{id}:{n}``
 written and read without redis-py's copies, and read while it is still being written (see
-:mod:`steersman.queue._redis_blobs`); the entry names them. They are deleted with the entry, by
-whoever acknowledges it; a consumer that dies leaves them for the consumer that takes the entry
-over, and :meth:`RedisQueues.purge` removes any a campaign left behind.
+:mod:`steersman.queue._redis_blobs`); the entry names them. Whoever acknowledges the entry
+releases them: the next large message reuses the keys (and Redis their memory), and unused they
+expire after a few seconds. A consumer that dies leaves them for the consumer that takes the
+entry over, and :meth:`RedisQueues.purge` removes any a campaign left behind.
 
 Nothing connects until first use, and a pickled copy connects again in its own process. If the
 connection drops (Redis restarted), every call retries with a short backoff for up to
@@ -46,6 +47,8 @@ from steersman.queue._redis_blobs import (
     BlobRef,
     BlobUnavailable,
     read_blob,
+    release,
+    take_spare,
     write_blob,
 )
 from steersman.queue.base import BaseQueues, Buffer
@@ -233,7 +236,7 @@ class RedisQueues(BaseQueues):
         # Client side: results read but not handed to the base class yet, and unacknowledged ids.
         self._result_buffer: deque[Payload] = deque()
         self._unacked_results: dict[str, list[bytes]] = {}
-        self._unacked_blobs: list[BlobRef] = []
+        self._unacked_blobs: dict[str, dict[bytes, BlobRef]] = {}  # stream -> entry -> message
         self._published: dict[str, frozenset[str]] = {}  # published names, once found
 
     def __getstate__(self) -> dict[str, Any]:
@@ -318,26 +321,32 @@ class RedisQueues(BaseQueues):
             if not str(exc).startswith("BUSYGROUP"):
                 raise
 
-    def _ack(self, stream: str, ids: Sequence[bytes], blobs: Sequence[BlobRef] = ()) -> None:
-        """Acknowledge and delete entries, and the chunks of their large messages."""
+    def _ack(self, stream: str, ids: Sequence[bytes],
+             blobs: Mapping[bytes, BlobRef] | None = None) -> None:
+        """Acknowledge and delete entries; `blobs`: the large messages of some of them."""
         if not ids:
             return
-        group = SERVER_GROUP if stream == self.requests_key else THINKER_GROUP
 
         def ack(client: redis.Redis) -> None:
             pipe = client.pipeline(transaction=False)
-            pipe.xack(stream, group, *ids)
-            pipe.xdel(stream, *ids)
-            self._delete_blobs(pipe, blobs)
+            self._acknowledge(pipe, stream, ids, blobs or {})
             pipe.execute()
 
         with contextlib.suppress(_MissingGroup):  # the group and its pending entries are gone
             self._call("acknowledge", ack)
 
-    def _delete_blobs(self, pipe: Any, blobs: Sequence[BlobRef]) -> None:
-        keys = [key for blob in blobs for key in blob.all_keys(self.prefix)]
-        if keys:
-            pipe.unlink(*keys)
+    def _acknowledge(self, pipe: Any, stream: str, ids: Sequence[bytes],
+                     blobs: Mapping[bytes, BlobRef]) -> None:
+        """Queue on `pipe` the acknowledgement and deletion of entries; the chunk keys of
+        their large messages are left for the next large message to reuse."""
+        group = SERVER_GROUP if stream == self.requests_key else THINKER_GROUP
+        plain = [entry for entry in ids if entry not in blobs]
+        if plain:
+            pipe.xack(stream, group, *plain)
+            pipe.xdel(stream, *plain)
+        for entry in ids:
+            if entry in blobs:
+                release(pipe, self.prefix, stream, group, entry, blobs[entry])
 
     # --- messages in stream entries ---------------------------------------------------------
 
@@ -348,7 +357,9 @@ class RedisQueues(BaseQueues):
             data = join(parts)
             self._call(what, lambda client: client.xadd(stream, {PAYLOAD_FIELD: data}))
             return
-        blob = BlobRef.new(size)  # one id for every attempt: a retry overwrites, never doubles
+        spare = self._call("reuse a large message's keys",
+                           lambda client: take_spare(client, self.prefix, size))
+        blob = BlobRef.new(size, spare)  # one for every attempt: a retry overwrites, no doubles
         fields = {BLOB_FIELD: blob.to_field()}
         self._call(what, lambda client: write_blob(client, self.prefix, blob, parts, stream,
                                                    fields))
@@ -449,15 +460,13 @@ class RedisQueues(BaseQueues):
         def read(client: redis.Redis) -> Any:
             pipe = client.pipeline(transaction=False)
             for stream, ids in done.items():
-                pipe.xack(stream, THINKER_GROUP, *ids)
-                pipe.xdel(stream, *ids)
-            self._delete_blobs(pipe, done_blobs)
+                self._acknowledge(pipe, stream, ids, done_blobs.get(stream, {}))
             pipe.xreadgroup(THINKER_GROUP, self._consumer, streams,  # type: ignore[arg-type]
                             count=_RESULT_BATCH, block=_block_ms(block))
             return pipe.execute()[-1]
 
         reply = self._call("read results", read)
-        self._unacked_results, self._unacked_blobs = {}, []
+        self._unacked_results, self._unacked_blobs = {}, {}
         for raw_stream, entries in cast(list[Any], reply or []):
             stream = raw_stream.decode()
             ids = self._unacked_results.setdefault(stream, [])
@@ -465,7 +474,8 @@ class RedisQueues(BaseQueues):
                 ids.append(entry_id)
                 payload = self._payload(fields, new=start == ">")
                 if isinstance(payload, BlobRef):
-                    self._unacked_blobs.append(payload)  # deleted with the entry
+                    # released with the entry
+                    self._unacked_blobs.setdefault(stream, {})[entry_id] = payload
                 if payload is not None and stream != self._wake_key():
                     self._result_buffer.append(payload)
 
@@ -519,7 +529,7 @@ class RedisQueues(BaseQueues):
 
     def _release(self, entries: list[bytes]) -> None:
         with self._state_lock:
-            blobs = [blob for entry in entries if (blob := self._blobs.pop(entry, None))]
+            blobs = {entry: blob for entry in entries if (blob := self._blobs.pop(entry, None))}
         self._ack(self.requests_key, entries, blobs)
         with self._state_lock:
             self._held.difference_update(entries)
@@ -712,14 +722,13 @@ class RedisQueues(BaseQueues):
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
         if self._client is not None:
+            pipe = self._client.pipeline(transaction=False)
             for stream, ids in self._unacked_results.items():  # the receiver has stopped
                 if ids:
-                    with contextlib.suppress(redis.exceptions.RedisError):
-                        self._client.xack(stream, THINKER_GROUP, *ids)
-                        self._client.xdel(stream, *ids)
+                    self._acknowledge(pipe, stream, ids, self._unacked_blobs.get(stream, {}))
             with contextlib.suppress(redis.exceptions.RedisError):
-                self._delete_blobs(self._client, self._unacked_blobs)
-            self._unacked_results, self._unacked_blobs = {}, []
+                pipe.execute()
+            self._unacked_results, self._unacked_blobs = {}, {}
             if self._result_groups_ready:
                 with contextlib.suppress(redis.exceptions.RedisError):
                     self._client.delete(self._wake_key())
