@@ -205,7 +205,7 @@ def measure(sizes: list[int], directory: Path) -> tuple[list[dict[str, Any]], di
 
 
 def repeats(size: int) -> int:
-    return 10 if size <= 1 else 5 if size <= 10 else 3
+    return 10 if size <= 1 else 5 if size <= 10 else 7
 
 
 def run_peer(python: str, sizes: list[int], directory: Path) -> list[dict[str, Any]]:
@@ -297,7 +297,7 @@ def main() -> None:
     print(f"steersman payload benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
           f"Python {sys.version.split()[0]}, NumPy {np.__version__}\n")
     print_table(rows)
-    print(FOOTER.format(repeats="10/5/3 (1/10/100 MB)", tmp=tempfile.gettempdir()))
+    print(FOOTER.format(repeats="10/5/7 (1/10/100 MB)", tmp=tempfile.gettempdir()))
     if args.big:
         print(big_check(2.5))
 

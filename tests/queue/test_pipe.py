@@ -299,3 +299,24 @@ def test_a_shared_buffer_that_cannot_be_made_raises(monkeypatch, tmp_path):
     monkeypatch.setattr(pipe, "SPILL_DIR", str(tmp_path / "missing"))
     with pytest.raises(OSError):
         pipe.shared_buffer(1 << 20)
+
+
+def test_a_kept_buffer_is_mapped_by_name_and_left_to_its_writer():
+    from steersman.queue.pipe import PipeChannel, kept_buffer
+
+    data = np.random.default_rng(2).bytes(3_000_000)
+    buffer = kept_buffer(len(data))
+    buffer[:] = data
+    channel = PipeChannel()
+    for _ in range(2):  # handed on as often as needed (a retried request, say)
+        channel.write([memoryview(buffer)])
+        assert _pipe_bytes(channel) < 200  # by name
+        received = channel.read(5)
+        assert bytes(received) == data
+        assert os.path.exists(buffer.path)  # the reader left it
+        assert buffer.mapped_elsewhere()  # and locks it while it maps it
+        del received
+        assert not buffer.mapped_elsewhere()
+    path = buffer.path
+    buffer.remove()
+    assert not os.path.exists(path)

@@ -53,6 +53,13 @@ def add_one(x: np.ndarray) -> np.ndarray:
     return x + 1
 
 
+def files_of(pid: int | None = None) -> list[str]:
+    """Shared-memory files of a process (this one by default), kept ones included."""
+    pid = os.getpid() if pid is None else pid
+    return glob.glob(f"{SPILL_DIR}/steersman-{pid}-*") \
+        + glob.glob(f"{SPILL_DIR}/steersman-kept-{pid}-*")
+
+
 def blob_keys(raw: Any, queues: RedisQueues) -> list[bytes]:
     return list(raw.scan_iter(match=f"{queues.prefix}:blob:*", count=1000))
 
@@ -68,6 +75,11 @@ def expiring_soon(raw: Any, keys: list[bytes]) -> bool:
 
 def blob_ids(keys: list[bytes]) -> set[bytes]:
     return {key.split(b":blob:")[1].split(b":")[0] for key in keys}
+
+
+@pytest.fixture(autouse=True)
+def no_spares_of_earlier_tests() -> None:
+    _redis_blobs.give_back_spares()
 
 
 @pytest.fixture
@@ -101,7 +113,7 @@ def test_large_array_round_trip_is_intact_and_leaves_nothing_for_good(
         client.send_kill_signal()
         server.join(timeout=30)
         assert server.exitcode == 0
-        assert glob.glob(f"{SPILL_DIR}/steersman-{server.pid}-*") == []  # no request left
+        assert files_of(server.pid) == []  # no request left
         client.close()  # acknowledges (and releases) the last result read
         left = blob_keys(raw, client)
         assert left and expiring_soon(raw, left)  # spares for the next message, for a while
@@ -134,14 +146,12 @@ def test_large_request_travels_beside_its_entry(
     assert message.result.task_id == task_id
     assert np.array_equal(message.result.decode_inputs()[0][0], BIG)
     # it landed in a file in shared memory, which a server hands to its worker by name
-    mine = f"{SPILL_DIR}/steersman-{os.getpid()}-*"
-    assert len(glob.glob(mine)) == 1
+    (landing,) = files_of()
     channel = PipeChannel()
     channel.write([message.data])
-    assert len(glob.glob(mine)) == 1  # handed on as it is, not copied to a new file
     forwarded = channel.read(5)
     assert forwarded == message.data
-    assert glob.glob(mine) == []  # the reader took it
+    assert files_of() == [landing]  # handed on as it is, not copied; kept for the next one
     assert lasting_blob_keys(raw, client) != []  # kept until the request is done: a server
     server.request_done(task_id)                  # may die
     assert sorted(blob_keys(raw, client)) == sorted(ref.keys(client.prefix))  # tokens gone
@@ -282,10 +292,9 @@ def test_a_writer_that_stops_halfway_is_given_up_without_a_hang(
     writing = Writing(redis_server.client())
     writing.chunk(0, token=False)
     writing.chunk(1)  # and no more
-    mine = f"{SPILL_DIR}/steersman-{os.getpid()}-*"
     with pytest.raises(BlobUnavailable, match="no chunk of it came for 0.2 s"):
         writing.read(shared=True)
-    assert glob.glob(mine) == []  # the memory it had taken is given back
+    assert files_of() == []  # the memory it had taken is given back
 
 
 def test_a_writer_that_cannot_finish_stops_its_reader_at_once(redis_server: Any) -> None:
@@ -324,10 +333,9 @@ def test_shared_memory_full_midway_goes_on_in_private_memory(
     writing = Writing(redis_server.client())
     for n in range(writing.ref.count):
         writing.chunk(n, token=n > 0)
-    mine = f"{SPILL_DIR}/steersman-{os.getpid()}-*"
     buffer = writing.read(shared=True)
     assert len(calls) == 3 and bytes(buffer) == writing.message
-    assert glob.glob(mine) == []  # the half-filled file is gone, the message is private
+    assert files_of() == []  # the half-filled file is gone, the message is private
 
 
 # --- chunk keys reused between messages --------------------------------------------------------
@@ -510,15 +518,66 @@ def test_spare_memory_is_given_back_when_unused(
     assert memory.closed  # unmapped by the timer, not kept for good
 
 
+def _served_by_hand(client: RedisQueues, server: RedisQueues, value: np.ndarray,
+                    channel: PipeChannel) -> tuple[str, Any]:
+    """Send a large request; the server reads it and hands it on as to a worker. Returns the
+    task id and what the "worker" mapped."""
+    task_id = client.send_inputs(value, method="add_one")
+    message = server.get_task(timeout=10)
+    assert message is not None
+    channel.write([message.data])
+    return task_id, channel.read(5)
+
+
+def test_a_server_reads_a_request_into_the_memory_of_one_its_worker_let_go(
+    pair: tuple[RedisQueues, RedisQueues],
+) -> None:
+    client, server = pair
+    channel = PipeChannel()
+    task_id, held = _served_by_hand(client, server, BIG, channel)
+    (first,) = files_of()
+    server.request_done(task_id)  # but the "worker" still maps the request: not reused
+    second_id, second = _served_by_hand(client, server, BIG + 1, channel)
+    assert len(files_of()) == 2
+    assert np.array_equal(np.frombuffer(held, dtype=np.uint8)[-BIG.nbytes:].view(BIG.dtype),
+                          BIG)  # the memory still in use kept its bytes
+    del held  # the "worker" lets go of the first request
+    server.request_done(second_id)
+    _, third = _served_by_hand(client, server, BIG + 2, channel)
+    assert len(files_of()) == 2 and first in files_of()  # no third file: the first reused
+    values = np.frombuffer(third, dtype=np.uint8)[-BIG.nbytes:].view(BIG.dtype)
+    assert np.array_equal(values, BIG + 2)
+    del second, third, values
+
+
+def test_kept_files_of_dead_processes_are_removed(redis_server: Any) -> None:
+    from steersman.queue.pipe import remove_orphans
+
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    orphan = Path(SPILL_DIR, f"steersman-kept-{dead}-{os.urandom(8).hex()}")
+    ours = Path(SPILL_DIR, f"steersman-kept-{os.getpid()}-{os.urandom(8).hex()}")
+    for path in (orphan, ours):
+        path.write_bytes(b"x")
+    try:
+        assert remove_orphans() >= 1
+        assert not orphan.exists() and ours.exists()
+    finally:
+        for path in (orphan, ours):
+            path.unlink(missing_ok=True)
+
+
 def test_a_forked_child_starts_without_spare_memory(redis_server: Any) -> None:
     raw = redis_server.client()
     del_me = _written(raw, 3 * CHUNK_BYTES).read()
     del del_me
-    assert _redis_blobs._SPARE._buffer is not None
+    assert _redis_blobs._SPARES._buffers
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.write(write, b"1" if _redis_blobs._SPARE._buffer is None else b"0")
+        os.write(write, b"0" if _redis_blobs._SPARES._buffers else b"1")
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1"

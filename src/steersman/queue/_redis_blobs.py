@@ -24,7 +24,7 @@ The reader takes memory for the message as the chunks arrive, in a few doubling 
 reference claiming more than Redis holds costs little), mapping each step's pages in one call
 rather than faulting them in one at a time. A reader that keeps its message in private memory
 (a thinker reading results) reuses the memory of its previous message once nothing refers to
-it any more (see :class:`_Spare`): fresh pages cost the kernel as much as the copies.
+it any more (see :class:`_Spares`): fresh pages cost the kernel as much as the copies.
 
 Both sides use a connection borrowed from the client's pool, so TLS, ACL user, password and
 database number apply as for every other command. Chunks also keep each argument below Redis's
@@ -53,7 +53,7 @@ from typing import Any
 import redis
 
 from steersman.models.serialization import Frame
-from steersman.queue.pipe import shared_buffer
+from steersman.queue.pipe import SpilledMap, kept_buffer, remove_orphans
 
 BLOB_MIN_BYTES = 1024 * 1024
 """Messages this large or larger travel as chunk keys rather than inside their stream entry."""
@@ -390,32 +390,41 @@ class _Landing:
     steps: each step maps its pages in one call, which costs a fraction of faulting them in one
     at a time, and a reference claiming more than Redis holds costs little. Shared memory is
     reserved per step (``posix_fallocate``), so a full /dev/shm shows as an error, never as
-    SIGBUS; if it fills up midway, reading goes on in private memory.
+    SIGBUS; if it fills up midway, reading goes on in private memory. Memory a previous message
+    left free (see :class:`_Spares`) is taken first: it is mapped already.
     """
 
     def __init__(self, size: int, shared: bool):
         self.size = size
         self._fd = -1
         self._taken = 0  # bytes backed by memory, from the start
-        buffer: mmap.mmap | None = None
-        if shared:
+        buffer = _SPARES.take(size, shared)
+        if isinstance(buffer, SpilledMap):
+            self._taken = min(len(buffer), size)  # backed already; the rest as it comes
+            if not _resized(buffer, size):  # exactly: a reader maps the whole file
+                _give_back(buffer)
+                buffer = None
+            elif self._taken < size:
+                self._fd = os.open(buffer.path, os.O_RDWR | os.O_CLOEXEC)
+        elif buffer is not None:
+            self._taken = len(buffer)
+        if buffer is None and shared:
             with suppress(OSError, OverflowError, ValueError):
-                spilled = shared_buffer(size, reserve=False)
-                self._fd = os.open(spilled.path, os.O_RDWR | os.O_CLOEXEC)
-                buffer = spilled
-        if buffer is None:
-            buffer = _SPARE.take(size)
-            if buffer is not None:
-                self._taken = len(buffer)  # all of it backed already
+                _remove_orphans_once()
+                kept = kept_buffer(size)
+                self._fd = os.open(kept.path, os.O_RDWR | os.O_CLOEXEC)
+                buffer = kept
         self.buffer = buffer if buffer is not None else _private(size)
 
     def message(self) -> mmap.mmap | memoryview:
-        """The message read; private memory is offered for reuse once the message is freed."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """The message read. Private memory is offered for reuse at once (it is reused once
+        the message is freed); shared memory once its reader is done (:func:`offer_landing`)."""
+        if isinstance(self.buffer, SpilledMap):
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
             return self.buffer
-        _SPARE.keep(self.buffer)
+        _SPARES.keep(self.buffer)
         return memoryview(self.buffer)[: self.size]
 
     def take(self, start: int, length: int) -> memoryview:
@@ -442,12 +451,33 @@ class _Landing:
         self.buffer = private
 
     def drop(self) -> None:
-        """Give the memory back (a shared file goes with its mapping)."""
+        """Give the memory back (a shared file goes with it)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        with suppress(BufferError):
-            self.buffer.close()
+        if isinstance(self.buffer, SpilledMap):
+            self.buffer.remove()
+        else:
+            with suppress(BufferError):
+                self.buffer.close()
+
+
+def offer_landing(buffer: object) -> None:
+    """A task server is done with a large request it read into shared memory (its result was
+    sent): the memory may carry a later request once no process maps it any more."""
+    if isinstance(buffer, SpilledMap) and buffer.kept:
+        _SPARES.keep(buffer)
+
+
+def give_back_spares() -> None:
+    """Give back now the memory this process keeps for later messages (see :class:`_Spares`);
+    a closing task server's shared files go at once rather than after SPARE_SECONDS."""
+    _SPARES.give_back_all()
+
+
+@functools.cache
+def _remove_orphans_once() -> None:
+    remove_orphans()
 
 
 def _rounded(size: int) -> int:
@@ -456,57 +486,105 @@ def _rounded(size: int) -> int:
     return -(-size // CHUNK_BYTES) * CHUNK_BYTES
 
 
-class _Spare:
-    """The private memory of the last message read in this process, for the next one.
+class _Spares:
+    """Memory of messages read in this process, for the next ones: the private memory of the
+    last messages a thinker read, the shared memory of requests a task server finished.
 
-    It is reused only once nothing refers to the message any more (no value decoded from it is
-    alive: the map then has no exported buffer), and only for a message that fills most of it;
-    after :data:`SPARE_SECONDS` unused, it is given back. A forked child starts without one.
+    Memory is reused only once nothing refers to its message any more (no value decoded from
+    it is alive: the map then has no exported buffer; and for shared memory, no other process
+    maps it: each reader holds a shared lock on the file while it does), and only for a message
+    that fills most of it. At most :data:`SPARES` are kept, each for :data:`SPARE_SECONDS`;
+    then the memory is given back. A forked child starts without any.
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._buffer: mmap.mmap | None = None
-        self._until = 0.0
-        self._timer: threading.Thread | None = None
-        self._changed = threading.Condition(self._lock)
+    _buffers: list[tuple[float, mmap.mmap]]  # (until, memory), oldest first
+    _timer: threading.Thread | None
 
-    def take(self, size: int) -> mmap.mmap | None:
-        """The spare memory if it is free and fits a message of `size` bytes."""
+    def __init__(self) -> None:
+        self.forget()
+
+    def take(self, size: int, shared: bool) -> mmap.mmap | None:
+        """Free memory for a message of `size` bytes: private memory that holds it, or shared
+        memory at most a chunk short of it (its file then grows)."""
+        least = size - CHUNK_BYTES if shared else size
         with self._lock:
-            buffer, self._buffer = self._buffer, None
-        if buffer is None or not size <= len(buffer) <= _rounded(size + size // 8):
-            return None
-        return buffer if _unused(buffer) else None
+            for index in reversed(range(len(self._buffers))):  # the latest first: warmest
+                buffer = self._buffers[index][1]
+                if isinstance(buffer, SpilledMap) == shared \
+                        and least <= len(buffer) <= _rounded(size + size // 8) \
+                        and _free(buffer):
+                    del self._buffers[index]
+                    return buffer
+        return None
 
     def keep(self, buffer: mmap.mmap) -> None:
-        """Offer `buffer` (still in use) for the next message."""
+        """Offer `buffer` (perhaps still in use) for a later message."""
         with self._lock:
-            previous, self._buffer = self._buffer, buffer
-            self._until = monotonic() + SPARE_SECONDS
+            self._buffers.append((monotonic() + SPARE_SECONDS, buffer))
+            old = self._buffers[:-SPARES]
+            del self._buffers[:-SPARES]
             if self._timer is None:
                 self._timer = threading.Thread(target=self._expire, daemon=True,
                                                name="steersman-spare-memory")
                 self._timer.start()
             self._changed.notify()
-        del previous  # unmapped here if free, outside the lock
+        for _, buffer in old:
+            _give_back(buffer)
+
+    def give_back_all(self) -> None:
+        """Give every piece of memory back now."""
+        with self._lock:
+            buffers, self._buffers = self._buffers, []
+        for _, buffer in buffers:
+            _give_back(buffer)
 
     def _expire(self) -> None:
         while True:
             with self._lock:
-                while self._buffer is None or self._until > monotonic():
-                    self._changed.wait(None if self._buffer is None
-                                       else self._until - monotonic())
-                buffer, self._buffer = self._buffer, None
-            if _unused(buffer):
-                buffer.close()  # unmapped now, not whenever the collector gets to it
+                while not self._buffers or self._buffers[0][0] > monotonic():
+                    self._changed.wait(self._buffers[0][0] - monotonic() if self._buffers
+                                       else None)
+                _, buffer = self._buffers.pop(0)
+            _give_back(buffer)
             del buffer
 
     def forget(self) -> None:
-        """In a forked child: no spare memory, no timer (threads do not survive a fork)."""
+        """Start empty (in a forked child: no memory, no timer; threads do not survive)."""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._buffer, self._timer = None, None
+        self._buffers = []
+        self._timer = None
+
+
+SPARES = 4
+"""How many pieces of free memory a process keeps for later messages."""
+
+
+def _free(buffer: mmap.mmap) -> bool:
+    if not _unused(buffer):
+        return False
+    try:
+        return not (isinstance(buffer, SpilledMap) and buffer.mapped_elsewhere())
+    except OSError:  # its file is gone
+        return False
+
+
+def _resized(buffer: mmap.mmap, size: int) -> bool:
+    """Fit a shared buffer (free) to `size` bytes, its file with it."""
+    try:
+        buffer.resize(size)
+        return True
+    except (BufferError, OSError, SystemError, ValueError):
+        return False
+
+
+def _give_back(buffer: mmap.mmap) -> None:
+    """Unmap `buffer` now if nothing refers to it (else when the last reference goes); a
+    shared file is removed (mappings of it elsewhere stay valid)."""
+    if isinstance(buffer, SpilledMap):
+        buffer.remove()
+    elif _unused(buffer):
+        buffer.close()
 
 
 def _unused(buffer: mmap.mmap) -> bool:
@@ -519,8 +597,8 @@ def _unused(buffer: mmap.mmap) -> bool:
         return False
 
 
-_SPARE = _Spare()
-os.register_at_fork(after_in_child=_SPARE.forget)
+_SPARES = _Spares()
+os.register_at_fork(after_in_child=_SPARES.forget)
 
 
 def _private(size: int) -> mmap.mmap:

@@ -42,6 +42,8 @@ SPILL_BYTES = 4 << 20
 SPILL_DIR = "/dev/shm"
 #: High bit of the length prefix: the message is the name of a spilled file.
 _SPILLED = 1 << 63
+#: Next bit, with :data:`_SPILLED`: its writer keeps the file to reuse it (see :func:`kept_buffer`).
+_KEPT = 1 << 62
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
@@ -117,7 +119,8 @@ class PipeChannel:
                 return None
             (size,) = _LENGTH.unpack(_read_exact(fd, _LENGTH.size))
             if size & _SPILLED:
-                return _unspill(bytes(_read_exact(fd, size & ~_SPILLED)), forward)
+                path = bytes(_read_exact(fd, size & ~(_SPILLED | _KEPT)))
+                return _map_kept(path) if size & _KEPT else _unspill(path, forward)
             return _read_exact(fd, size)
 
     def close_reader(self) -> None:
@@ -322,7 +325,11 @@ def _framed(parts: Sequence[Frame], spilled: list[bytes]) -> list[memoryview]:
     A message read from a spilled file and forwarded whole keeps its file: only the name moves.
     """
     views = [memoryview(p).cast("B") for p in parts]
-    path = _forwardable(views)
+    whole = _whole_file(views)
+    if whole is not None and whole.kept:
+        return [memoryview(_LENGTH.pack(len(whole.path) | _SPILLED | _KEPT)),
+                memoryview(whole.path)]
+    path = whole.hand_over() if whole is not None else None
     if path is None:
         size = sum(v.nbytes for v in views)
         path = _spill(views) if size >= SPILL_BYTES else None
@@ -332,21 +339,24 @@ def _framed(parts: Sequence[Frame], spilled: list[bytes]) -> list[memoryview]:
     return [memoryview(_LENGTH.pack(len(path) | _SPILLED)), memoryview(path)]
 
 
-def _forwardable(views: list[memoryview]) -> bytes | None:
-    """The file of a message that is exactly one whole spilled file not yet handed on."""
-    if len(views) != 1 or not isinstance(views[0].obj, _SpilledMap):
+def _whole_file(views: list[memoryview]) -> SpilledMap | None:
+    """The file of a message that is exactly one whole spilled file."""
+    if len(views) != 1 or not isinstance(views[0].obj, SpilledMap):
         return None
     spilled = views[0].obj
-    if views[0].nbytes != len(spilled):
-        return None
-    return spilled.hand_over()
+    return spilled if views[0].nbytes == len(spilled) else None
 
 
-class _SpilledMap(mmap.mmap):
+class SpilledMap(mmap.mmap):
     """A spilled message mapped in memory; its file goes when the map does, or when this
-    process exits (even a forked child), unless it was handed on."""
+    process exits (even a forked child), unless it was handed on.
+
+    A *kept* file (see :func:`kept_buffer`) is never handed on: readers map it by name and
+    leave it, and its writer fills it again once no reader maps it any more.
+    """
 
     path: bytes
+    kept = False
     _remove: Finalize
 
     def hand_over(self) -> bytes | None:
@@ -355,6 +365,23 @@ class _SpilledMap(mmap.mmap):
             return None
         self._remove.cancel()
         return self.path
+
+    def remove(self) -> None:
+        """Remove the file now (mappings of it stay valid) and unmap it here if unused."""
+        self._remove()
+        with contextlib.suppress(BufferError):
+            self.close()
+
+    def mapped_elsewhere(self) -> bool:
+        """Whether a reader still maps this kept file (it holds a shared lock meanwhile)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # and the lock, if taken, with it
+        return False
 
 
 def _spill(views: list[memoryview]) -> bytes | None:
@@ -377,16 +404,16 @@ def _spill(views: list[memoryview]) -> bytes | None:
     return path
 
 
-def shared_buffer(size: int, reserve: bool = True) -> _SpilledMap:
+def shared_buffer(size: int, reserve: bool = True, kind: str = "") -> SpilledMap:
     """Writable memory of `size` bytes in a file of :data:`SPILL_DIR`, mapped in one go.
 
     A message received into it (from Redis, say) and then written to a pipe whole crosses the
     pipe by name, without a copy. The file goes with the mapping unless it was handed on.
     Raises OSError where shared memory cannot hold it; the caller then uses private memory.
     Without `reserve` the file is sparse: whoever fills it must first reserve each range
-    (``posix_fallocate`` on :attr:`_SpilledMap.path`), or a full /dev/shm kills it (SIGBUS).
+    (``posix_fallocate`` on :attr:`SpilledMap.path`), or a full /dev/shm kills it (SIGBUS).
     """
-    path = _new_spill_path()
+    path = _new_spill_path(kind)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         if reserve:  # all of it now: a full /dev/shm fails here, not later
@@ -397,6 +424,48 @@ def shared_buffer(size: int, reserve: bool = True) -> _SpilledMap:
     except BaseException:
         _unlink_quietly(path)
         raise
+    finally:
+        os.close(fd)
+
+
+def kept_buffer(size: int) -> SpilledMap:
+    """Like :func:`shared_buffer` (unreserved), for a writer that reuses the file: readers map
+    it by name under a shared lock and leave it (see :meth:`SpilledMap.mapped_elsewhere`).
+
+    Its name carries this process's id, so :func:`remove_orphans` removes it should this
+    process die without removing it.
+    """
+    buffer = shared_buffer(size, reserve=False, kind="kept")
+    buffer.kept = True
+    return buffer
+
+
+def remove_orphans() -> int:
+    """Remove kept files (see :func:`kept_buffer`) whose process is gone; how many."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for name in os.listdir(SPILL_DIR):
+            parts = name.split("-")
+            if len(parts) != 4 or parts[:2] != ["steersman", "kept"] or not parts[2].isdigit():
+                continue
+            try:
+                os.kill(int(parts[2]), 0)
+            except ProcessLookupError:
+                _unlink_quietly(os.path.join(SPILL_DIR, name).encode())
+                removed += 1
+            except OSError:
+                pass  # alive (another user's): not ours to judge
+    return removed
+
+
+def _map_kept(path: bytes) -> memoryview:
+    """Map a kept file (writable) and hold a shared lock on it while the map lives (the map's
+    own descriptor holds it); the file stays, for its writer to reuse."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        size = os.fstat(fd).st_size
+        return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE))
     finally:
         os.close(fd)
 
@@ -418,16 +487,18 @@ def _unspill(path: bytes, forward: bool) -> memoryview:
         os.close(fd)
 
 
-def _map_removable(fd: int, path: bytes, size: int, populate: bool = True) -> _SpilledMap:
+def _map_removable(fd: int, path: bytes, size: int, populate: bool = True) -> SpilledMap:
     """Map the file `fd` at `path`; the file is removed with the map unless handed on."""
-    spilled = _SpilledMap(fd, size, flags=mmap.MAP_SHARED | (_MAP_POPULATE if populate else 0))
+    spilled = SpilledMap(fd, size, flags=mmap.MAP_SHARED | (_MAP_POPULATE if populate else 0))
     spilled.path = path
     spilled._remove = Finalize(spilled, _unlink_quietly, (path,), exitpriority=0)
     return spilled
 
 
-def _new_spill_path() -> bytes:
-    return os.path.join(SPILL_DIR, f"steersman-{os.getpid()}-{os.urandom(8).hex()}").encode()
+def _new_spill_path(kind: str = "") -> bytes:
+    name = "-".join(["steersman", *([kind] if kind else []), str(os.getpid()),
+                     os.urandom(8).hex()])
+    return os.path.join(SPILL_DIR, name).encode()
 
 
 def _unlink_quietly(path: bytes) -> None:

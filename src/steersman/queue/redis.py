@@ -46,6 +46,8 @@ from steersman.queue._redis_blobs import (
     BadReference,
     BlobRef,
     BlobUnavailable,
+    give_back_spares,
+    offer_landing,
     read_blob,
     release,
     take_spare,
@@ -83,7 +85,7 @@ _LOCAL_NAMES = (
     "_client", "_consumer", "_stop", "_state_lock", "_resync_lock", "_connected",
     "_request_group_ready", "_result_groups_ready", "_resync_requests", "_resync_results",
     "_held", "_inflight", "_claimed", "_thread_state", "_next_claim", "_heartbeat",
-    "_result_buffer", "_unacked_results", "_published", "_blobs", "_unacked_blobs",
+    "_result_buffer", "_unacked_results", "_published", "_blobs", "_unacked_blobs", "_landings",
 )
 
 
@@ -230,6 +232,7 @@ class RedisQueues(BaseQueues):
         self._inflight: dict[str, bytes] = {}  # task id -> stream entry id
         self._claimed: deque[tuple[bytes, Payload]] = deque()
         self._blobs: dict[bytes, BlobRef] = {}  # stream entry id -> its large message
+        self._landings: dict[bytes, object] = {}  # stream entry id -> the memory it was read into
         self._thread_state = threading.local()
         self._next_claim = 0.0
         self._heartbeat: threading.Thread | None = None
@@ -530,9 +533,12 @@ class RedisQueues(BaseQueues):
     def _release(self, entries: list[bytes]) -> None:
         with self._state_lock:
             blobs = {entry: blob for entry in entries if (blob := self._blobs.pop(entry, None))}
+            landings = [self._landings.pop(entry, None) for entry in entries]
         self._ack(self.requests_key, entries, blobs)
         with self._state_lock:
             self._held.difference_update(entries)
+        for landing in landings:  # the worker is done with it: it may carry a later request
+            offer_landing(landing)
 
     def _take_pending_verdict(self) -> bytes | None:
         entry: bytes | None = getattr(self._thread_state, "entry", None)
@@ -592,6 +598,9 @@ class RedisQueues(BaseQueues):
         if data is None:
             self._release([entry])
             return None
+        if isinstance(data, memoryview):
+            with self._state_lock:
+                self._landings[entry] = data.obj
         self._thread_state.entry = entry
         return data
 
@@ -719,8 +728,9 @@ class RedisQueues(BaseQueues):
         """
         self._stop.set()  # first: a reconnecting receiver gives up at once
         super().close()
-        if self._heartbeat is not None:
+        if self._heartbeat is not None:  # a server's: its shared memory goes now
             self._heartbeat.join(timeout=5)
+            give_back_spares()
         if self._client is not None:
             pipe = self._client.pipeline(transaction=False)
             for stream, ids in self._unacked_results.items():  # the receiver has stopped

@@ -99,20 +99,27 @@ class TaskServer(_CONTEXT.Process):
         logger.info("task server stopped")
 
     def _receive_until_killed(self) -> None:
-        while True:
-            try:
-                message = self.queues.get_task()
-            except QueueConnectionError as exc:
-                logger.warning("stopping: %s", exc)
-                return
-            if message is None:
-                continue
-            if message.kind is Kind.KILL:
-                logger.info("kill signal received; finishing %d running task(s)",
-                            len(self._outstanding))
-                return
-            if message.result is not None:
-                self._dispatch(message.result, message.data)
+        while self._receive_one():
+            pass
+
+    def _receive_one(self) -> bool:
+        """Dispatch the next request; False at the kill signal or when the queues are lost.
+        Nothing of the request is held here while the next one is awaited: its memory may
+        carry the next one once its task is done."""
+        try:
+            message = self.queues.get_task()
+        except QueueConnectionError as exc:
+            logger.warning("stopping: %s", exc)
+            return False
+        if message is None:
+            return True
+        if message.kind is Kind.KILL:
+            logger.info("kill signal received; finishing %d running task(s)",
+                        len(self._outstanding))
+            return False
+        if message.result is not None:
+            self._dispatch(message.result, message.data)
+        return True
 
     def _dispatch(self, request: Result, received: Frame | None = None) -> None:
         """Hand one attempt of a request to the engine (or fail it at once if it is invalid).
@@ -166,6 +173,7 @@ class TaskServer(_CONTEXT.Process):
         if not self._claim(attempt):
             logger.debug("dropped the late result of task %s", request.task_id)
             return
+        attempt.future = None  # settled: no cycle (future, callback, attempt) keeps the request
         try:
             messages = self._messages_of(request, future)
             if messages is DELIVERED:  # the worker handed the final result to the thinker
@@ -186,10 +194,10 @@ class TaskServer(_CONTEXT.Process):
     def _on_timeout(self, attempt: _Attempt) -> None:
         if not self._claim(attempt):
             return
-        request = attempt.request
-        assert attempt.future is not None
+        request, future, attempt.future = attempt.request, attempt.future, None
+        assert future is not None
         try:
-            cancelled = self.engine.cancel(attempt.future)
+            cancelled = self.engine.cancel(future)
         except Exception:
             logger.exception("cancelling timed-out task %s failed", request.task_id)
             cancelled = False

@@ -330,6 +330,21 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
                 close()
     requests.close_writer()
     replies.close_reader()
+    while _serve_one(requests, replies, context, direct):
+        pass
+
+
+def _serve_one(requests: PipeChannel, replies: PipeChannel, context: WorkerContext,
+               direct: Callable[[Parts], bool] | None) -> bool:
+    """Run the next request; False once the server closed the pipe. Nothing of the request
+    outlives the call, so the server may reuse its memory while this worker waits."""
+    try:
+        stamp = requests.read(None)
+        request = requests.read(None)
+    except EOFError:
+        return False
+    assert stamp is not None and request is not None
+    (received,) = _STAMP.unpack_from(stamp)
     streamed = False
 
     def stream(topic: str, parts: Parts) -> None:
@@ -337,26 +352,18 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
         streamed = True
         replies.write(parts)
 
-    while True:
-        try:
-            stamp = requests.read(None)
-            request = requests.read(None)
-        except EOFError:
-            return
-        assert stamp is not None and request is not None
-        (received,) = _STAMP.unpack_from(stamp)
-        streamed = False
-        *held, final = execute_request(context.methods, request, context.key, stream, "local",
-                                       None if math.isnan(received) else received)
-        for parts in held:
-            replies.write(parts)
-        # Failures go through the server, which decides on retries; so does a final result
-        # after intermediate ones, which must not overtake them.
-        if direct is not None and not streamed and not held \
-                and not peek(final[0])[1] & Flags.FAILED and direct(final):
-            replies.write([_DELIVERED_NOTE])
-        else:
-            replies.write(final)
+    *held, final = execute_request(context.methods, request, context.key, stream, "local",
+                                   None if math.isnan(received) else received)
+    for parts in held:
+        replies.write(parts)
+    # Failures go through the server, which decides on retries; so does a final result after
+    # intermediate ones, which must not overtake them.
+    if direct is not None and not streamed and not held \
+            and not peek(final[0])[1] & Flags.FAILED and direct(final):
+        replies.write([_DELIVERED_NOTE])
+    else:
+        replies.write(final)
+    return True
 
 
 def _die_with_server(lifeline: tuple[int, int]) -> None:
