@@ -320,3 +320,21 @@ def test_a_kept_buffer_is_mapped_by_name_and_left_to_its_writer():
     path = buffer.path
     buffer.remove()
     assert not os.path.exists(path)
+
+
+def test_messages_written_together_are_read_one_by_one_from_fewer_reads(monkeypatch):
+    from steersman.queue import pipe
+
+    channel = pipe.PipeChannel()
+    small = [[f"message {i}".encode()] for i in range(50)]
+    large = [bytes(range(256)) * 800]  # 200 kB: larger than what one read keeps aside
+    channel.write_messages([*small[:25], large, *small[25:]])
+    channel.close_writer()
+    calls = []
+    real = os.readv
+    monkeypatch.setattr(pipe.os, "readv", lambda fd, views: calls.append(fd) or real(fd, views))
+    got = [bytes(channel.read(None)) for _ in range(51)]
+    assert got == [b"".join(m) for m in [*small[:25], large, *small[25:]]]
+    assert len(calls) < 10  # one call used to read each length and each message: 102
+    with pytest.raises(EOFError):
+        channel.read(None)
