@@ -3,6 +3,7 @@
 import contextlib
 import json
 import math
+import os
 import pickle
 
 import numpy as np
@@ -161,3 +162,21 @@ def test_message_large_numbers_of_frames_and_nan_inputs():
     request = make_request(math.inf)
     decoded = decode(join(encode(Kind.REQUEST, request))).result
     assert decoded.decode_inputs()[0][0] == math.inf
+
+
+def test_task_ids_are_unique_within_a_process_and_across_a_fork():
+    ids = {Result().task_id for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's ids, through the pipe
+        os.write(write_end, "".join(Result().task_id for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write_end)
+    data = b""
+    while chunk := os.read(read_end, 1 << 16):
+        data += chunk
+    os.waitpid(pid, 0)
+    child = {data[i:i + 32].decode() for i in range(0, len(data), 32)}
+    assert len(child) == 100 and not child & ids
+    assert not child & {Result().task_id for _ in range(100)}  # the parent's next ones too

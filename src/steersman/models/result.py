@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -28,9 +29,26 @@ Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 _HOSTNAME = socket.gethostname()
 
 
-def _new_task_id() -> str:
-    """128 random bits in hex, as ``uuid.uuid4().hex`` but a quarter of its cost (one per task)."""
-    return os.urandom(16).hex()
+class _TaskIds:
+    """Task ids: 64 random bits drawn once per process, then a count (32 hex digits in all).
+
+    Unique across processes and restarts as random ids are, without a system call per task.
+    A forked child draws its own bits, so parent and child never hand out the same id.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+_new_task_id = _TaskIds()
 
 
 class ResourceRequirements(BaseModel):
