@@ -2,6 +2,10 @@
 
     python bench/roundtrip.py                       # steersman over pipes (and Redis if up)
     python bench/roundtrip.py --peer /path/to/python  # also the earlier library, same thinker
+    python bench/roundtrip.py --journal             # journaled and not: the journal's cost
+
+Each configuration is measured in several rounds (``--rounds``), alternating with what it is
+compared against, and medians are reported: on a shared machine one run is not a measurement.
 
 The thinker is the seed's pattern: a task submitter that sends whenever a slot is free and a
 result processor that releases the slot. The same code runs on the earlier library when this
@@ -114,7 +118,7 @@ def measure(library: str, backend: str, n_tasks: int, in_flight: int, workers: i
 def run_peer(python: str, args: argparse.Namespace, backend: str, k: int) -> dict[str, Any]:
     command = [python, __file__, "--library", "peer", "--backends", backend,
                "--in-flight", str(k), "--tasks", str(args.tasks), "--workers", str(args.workers),
-               "--json"]
+               "--rounds", "1", "--json"]
     try:  # the earlier library sometimes hangs; report it instead of waiting forever
         output = subprocess.run(command, check=True, capture_output=True, text=True,
                                 timeout=PEER_TIMEOUT, start_new_session=True)
@@ -142,8 +146,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--peer", metavar="PYTHON", help="interpreter with the earlier library")
     parser.add_argument("--journal", metavar="DIR", nargs="?", const=tempfile.gettempdir(),
-                        help="journal the thinker: run_dir=a new directory under DIR, "
-                        "removed after the run (default DIR: the system's temporary directory)")
+                        help="journal the thinker (run_dir=a new directory under DIR, removed "
+                        "after the run; default DIR: the system's temporary directory), and "
+                        "run it unjournaled in each round too: the loss is the journal's cost")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per configuration; medians are reported (default 3)")
     parser.add_argument("--library", default="steersman", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON line per row")
     args = parser.parse_args()
@@ -153,12 +160,7 @@ def main() -> None:
     rows = []
     for backend in backends:
         for k in map(int, args.in_flight.split(",")):
-            row = measure(args.library, backend, args.tasks, k, args.workers, args.journal)
-            if args.peer:
-                peer = run_peer(args.peer, args, backend, k)
-                row["peer_tasks_per_s"] = peer["tasks_per_s"]
-                row["peer_median_ms"] = peer["median_ms"]
-                row["ratio"] = row["tasks_per_s"] / peer["tasks_per_s"]
+            row = measure_rounds(args, backend, k)
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
@@ -166,16 +168,47 @@ def main() -> None:
         print_table(rows, args)
 
 
+def measure_rounds(args: argparse.Namespace, backend: str, k: int) -> dict[str, Any]:
+    """Median figures of `args.rounds` rounds; in each, the compared runs back to back."""
+    rounds = []
+    for _ in range(args.rounds):
+        row = measure(args.library, backend, args.tasks, k, args.workers, args.journal)
+        if args.journal:
+            row["plain_tasks_per_s"] = measure(args.library, backend, args.tasks, k,
+                                               args.workers)["tasks_per_s"]
+            row["loss"] = 1 - row["tasks_per_s"] / row["plain_tasks_per_s"]
+        if args.peer:
+            peer = run_peer(args.peer, args, backend, k)
+            row["peer_tasks_per_s"] = peer["tasks_per_s"]
+            row["peer_median_ms"] = peer["median_ms"]
+            row["ratio"] = row["tasks_per_s"] / peer["tasks_per_s"]
+        rounds.append(row)
+    median = dict(rounds[0])
+    for key in ("tasks_per_s", "median_ms", "p99_ms", "plain_tasks_per_s", "loss",
+                "peer_tasks_per_s", "peer_median_ms", "ratio"):
+        if key in median:  # the median of each figure (a hung peer's NaN counts as such)
+            median[key] = statistics.median(r[key] for r in rounds)
+    if args.rounds > 1:
+        median["rounds"] = {key: [r[key] for r in rounds]
+                            for key in ("tasks_per_s", "ratio", "loss") if key in median}
+    return median
+
+
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"# {args.tasks} no-op tasks, {args.workers} worker processes, "
-          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, medians of {args.rounds} "
+          f"round(s){', journaled' if args.journal else ''}")
     header = f"{'backend':8} {'K':>3} {'tasks/s':>9} {'median ms':>10} {'p99 ms':>8}"
+    if args.journal:
+        header += f" {'unjournaled':>12} {'loss':>6}"
     if args.peer:
         header += f" {'peer tasks/s':>13} {'peer med ms':>12} {'ratio':>6}"
     print(header)
     for row in rows:
         line = (f"{row['backend']:8} {row['in_flight']:>3} {row['tasks_per_s']:>9.0f} "
                 f"{row['median_ms']:>10.3f} {row['p99_ms']:>8.3f}")
+        if args.journal:
+            line += f" {row['plain_tasks_per_s']:>12.0f} {row['loss']:>6.0%}"
         if args.peer:
             line += (f" {row['peer_tasks_per_s']:>13.0f} {row['peer_median_ms']:>12.3f}"
                      f" {row['ratio']:>6.1f}")
