@@ -4,6 +4,7 @@ server loop nor the thinker's receiver stops over it — the next real request g
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 from collections.abc import Iterator
@@ -169,3 +170,39 @@ def test_a_result_for_a_task_never_sent_is_dropped(redis_server: Any) -> None:
     finally:
         client.close()
         client.purge()
+
+
+def _request_with_header(header: dict[str, Any]) -> bytes:
+    """A request message around a JSON header given as it is, not as a Result would write it."""
+    from steersman.models import messages
+
+    text = json.dumps(header).encode()
+    prefix = messages._PREFIX.pack(messages.MAGIC, messages.VERSION, Kind.REQUEST.value, 0, 0,
+                                   0, 0, len(text))
+    return prefix + text
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("threads", [False, True], ids=["processes", "threads"])
+def test_a_request_routable_but_not_a_valid_result_comes_back_failed(threads: bool) -> None:
+    """The server reads only a request's routing fields: one whose other fields are invalid
+    still reaches a worker, which sends it back failed (it does not die), and serving goes on."""
+    queues = PipeQueues()
+    server = LocalTaskServer(queues, [tasks.double], threads=threads, num_workers=1)
+    server.start()
+    try:
+        header = json.loads(Result(method="double").model_dump_json())
+        header["resources"] = {"node_count": "many"}  # not a Result; routing fields are fine
+        queues.track(header["task_id"], "default")
+        queues._requests.write([_request_with_header(header)])
+        failed = queues.get_result(timeout=20)
+        assert failed is not None and failed.task_id == header["task_id"]
+        assert failed.success is False and "not a valid Result" in failed.failure_info.exception
+        assert failed.timestamp.input_received is not None
+        queues.send_inputs(21, method="double")
+        assert queues.get_result(timeout=20).value == 42
+    finally:
+        queues.send_kill_signal()
+        server.join(20)
+        queues.close()
+    assert server.exitcode == 0

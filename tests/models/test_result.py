@@ -180,3 +180,22 @@ def test_task_ids_are_unique_within_a_process_and_across_a_fork():
     child = {data[i:i + 32].decode() for i in range(0, len(data), 32)}
     assert len(child) == 100 and not child & ids
     assert not child & {Result().task_id for _ in range(100)}  # the parent's next ones too
+
+
+def test_a_request_decodes_to_its_routing_alone_as_strictly_checked():
+    from steersman.models.messages import Routing
+
+    request = make_request(3, tag="x")
+    request.priority, request.timeout, request.topic = 5, 2.5, "other"
+    data = join(encode(Kind.REQUEST, request, key=b"k"))
+    message = decode(data, key=b"k", routing_only=True)
+    assert message.result is None and message.task_id == request.task_id
+    assert message.routing == Routing.of(request)
+    with pytest.raises(MessageError):  # the signature is checked all the same
+        decode(data[:-1] + bytes([data[-1] ^ 1]), key=b"k", routing_only=True)
+    message.routing.received = 12.0
+    whole = message.routing.whole(data, key=b"k")
+    assert whole.task_id == request.task_id and whole.decode_inputs() == ((3,), {"tag": "x"})
+    assert whole.timestamp.input_received == 12.0
+    kill = decode(join(encode(Kind.KILL)), routing_only=True)
+    assert kill.kind is Kind.KILL and kill.task_id is None

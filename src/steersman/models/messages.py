@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from steersman.exceptions import MessageError
 from steersman.models.result import Result
@@ -54,9 +54,50 @@ _FAILED, _SIGNED, _INTERMEDIATE = Flags.FAILED.value, Flags.SIGNED.value, Flags.
 _FLAGS = {bits: Flags(bits) for bits in range(2 * max(Flags))}
 
 
+class Routing(BaseModel):
+    """The fields of a request that route it. A task server reads only these (a third of the
+    cost of the whole Result) and decodes the Result only when it must change it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: str
+    method: str | None = None
+    topic: str = "default"
+    priority: int = 0
+    timeout: float | None = None
+    executor: str | None = None
+    #: When the task server received the request (not part of the header: it stamps it).
+    received: float | None = None
+
+    @classmethod
+    def of(cls, result: Result) -> Routing:
+        """The routing fields of a whole Result."""
+        return cls(task_id=result.task_id, method=result.method, topic=result.topic,
+                   priority=result.priority, timeout=result.timeout, executor=result.executor,
+                   received=result.timestamp.input_received)
+
+    def whole(self, data: Frame, key: bytes | None = None) -> Result:
+        """The whole request this was read from (`data`, the message), stamped as received.
+
+        A header that holds valid routing fields but no valid Result gives a bare Result of
+        those fields: its failure can still be reported to the thinker.
+        """
+        try:
+            request = decode(data, key=key).result
+        except MessageError:
+            request = None
+        if request is None:
+            request = Result(task_id=self.task_id, method=self.method, topic=self.topic,
+                             priority=self.priority, timeout=self.timeout,
+                             executor=self.executor)
+        request.timestamp.input_received = self.received
+        return request
+
+
 @dataclass
 class Message:
-    """A decoded message: what it is, and the Result it carries (frames attached, not decoded).
+    """A decoded message: what it is, and the Result it carries (frames attached, not decoded),
+    or only the request's :class:`Routing` when that was all that was asked for.
 
     `data` is the message as received, so a router can forward it without encoding it again.
     """
@@ -65,6 +106,14 @@ class Message:
     flags: Flags
     result: Result | None
     data: Frame | None = None
+    routing: Routing | None = None
+
+    @property
+    def task_id(self) -> str | None:
+        """The task the message is about (None for a kill signal)."""
+        if self.result is not None:
+            return self.result.task_id
+        return self.routing.task_id if self.routing is not None else None
 
 
 def encode(
@@ -110,8 +159,12 @@ def peek(data: Frame) -> tuple[Kind, Flags]:
         raise ValueError(f"unknown message kind {kind} or flags {flags}") from None
 
 
-def decode(data: Frame, *, key: bytes | None = None) -> Message:
-    """Decode a message; any malformed input raises :class:`MessageError`, nothing else."""
+def decode(data: Frame, *, key: bytes | None = None, routing_only: bool = False) -> Message:
+    """Decode a message; any malformed input raises :class:`MessageError`, nothing else.
+
+    With `routing_only`, a request's header gives only its :class:`Routing` (checked as
+    strictly: signature, layout and the routing fields' types) and no Result.
+    """
     view = memoryview(data).cast("B")
     magic, version, kind_code, flag_bits, _, n_in, n_val, header_len = _unpack_prefix(view)
     kind, flags = _KINDS.get(kind_code), _FLAGS.get(flag_bits)
@@ -133,6 +186,8 @@ def decode(data: Frame, *, key: bytes | None = None) -> Message:
         raise MessageError(
             f"message length {len(view)} does not match its frames ({offset + sum(lengths)})"
         )
+    if routing_only and kind is Kind.REQUEST and header_len:
+        return Message(kind, flags, None, data, _parse_routing(header))
     frames: list[memoryview] = []
     for length in lengths:
         frames.append(view[offset : offset + length])
@@ -178,6 +233,13 @@ def _parse_header(header: memoryview) -> Result:
         return Result.model_validate_json(header.tobytes())
     except (ValidationError, ValueError) as exc:
         raise MessageError(f"message header is not a valid Result: {exc}") from None
+
+
+def _parse_routing(header: memoryview) -> Routing:
+    try:
+        return Routing.model_validate_json(header.tobytes())
+    except (ValidationError, ValueError) as exc:
+        raise MessageError(f"message header is not a valid request: {exc}") from None
 
 
 def _digest(key: bytes, parts: Sequence[Frame]) -> bytes:

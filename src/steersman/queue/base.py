@@ -501,9 +501,12 @@ class BaseQueues(ABC):
 
     # --- server side --------------------------------------------------------------------------
 
-    def get_task(self, timeout: float | None = None) -> Message | None:
+    def get_task(self, timeout: float | None = None,
+                 routing_only: bool = False) -> Message | None:
         """Next request (or kill signal) for the task server; None after `timeout`.
 
+        With `routing_only`, a request comes as its :class:`~steersman.models.messages.Routing`
+        and the message as received, without its Result (see :meth:`Routing.whole`).
         Messages that cannot be decoded are logged and skipped, never raised into the server.
         """
         deadline = None if timeout is None else monotonic() + timeout
@@ -513,16 +516,18 @@ class BaseQueues(ABC):
             if data is None:
                 return None
             try:
-                message = decode(data, key=self._key)
+                message = decode(data, key=self._key, routing_only=routing_only)
             except MessageError as exc:
                 logger.error("rejected a request message: %s", exc)
                 continue
             if message.kind not in (Kind.REQUEST, Kind.KILL) or (
-                    message.kind is Kind.REQUEST and message.result is None):
+                    message.kind is Kind.REQUEST and message.task_id is None):
                 logger.error("rejected a %s message on the request channel", message.kind.name)
                 continue
             if message.result is not None:
                 message.result.timestamp.input_received = time()
+            elif message.routing is not None:
+                message.routing.received = time()
             return message
 
     def send_result(self, result: Result) -> None:

@@ -506,19 +506,21 @@ class RedisQueues(BaseQueues):
 
     # --- server side: receiving requests, sending results -------------------------------------
 
-    def get_task(self, timeout: float | None = None) -> Message | None:
+    def get_task(self, timeout: float | None = None,
+                 routing_only: bool = False) -> Message | None:
         """Next request (or kill signal); remembers its stream entry for :meth:`request_done`.
 
         Kill signals, and messages the base class rejected, are deleted from the stream at once.
         """
-        message = super().get_task(timeout)
+        message = super().get_task(timeout, routing_only)
         entry = self._take_pending_verdict()
         if message is not None and entry is not None:
-            if message.kind is Kind.KILL or message.result is None:
+            task_id = message.task_id
+            if message.kind is Kind.KILL or task_id is None:
                 self._release([entry])
             else:
                 with self._state_lock:
-                    self._inflight[message.result.task_id] = entry
+                    self._inflight[task_id] = entry
         return message
 
     def request_done(self, task_id: str) -> None:

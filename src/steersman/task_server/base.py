@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any
 
 from steersman.exceptions import QueueConnectionError, TimeoutException, WorkerLost
-from steersman.models.messages import Flags, Kind, encode, peek
+from steersman.models.messages import Flags, Kind, Routing, encode, peek
 from steersman.models.methods import TaskMethod, as_method
 from steersman.models.result import Result
 from steersman.models.serialization import Frame
@@ -107,7 +107,7 @@ class TaskServer(_CONTEXT.Process):
         Nothing of the request is held here while the next one is awaited: its memory may
         carry the next one once its task is done."""
         try:
-            message = self.queues.get_task()
+            message = self.queues.get_task(routing_only=self.engine.stamps_received)
         except QueueConnectionError as exc:
             logger.warning("stopping: %s", exc)
             return False
@@ -117,85 +117,96 @@ class TaskServer(_CONTEXT.Process):
             logger.info("kill signal received; finishing %d running task(s)",
                         len(self._outstanding))
             return False
-        if message.result is not None:
-            self._dispatch(message.result, message.data)
+        if message.routing is not None and message.data is not None:  # forwarded as it came
+            self._dispatch(_Attempt(message.routing, [message.data], message.data))
+        elif message.result is not None:
+            self._dispatch_whole(message.result)
         return True
 
-    def _dispatch(self, request: Result, received: Frame | None = None) -> None:
-        """Hand one attempt of a request to the engine (or fail it at once if it is invalid).
+    def _dispatch_whole(self, request: Result) -> None:
+        """Dispatch a request held as a whole Result (a retry, or for an engine that is given
+        requests encoded again with their ``input_received``)."""
+        parts = encode(Kind.REQUEST, request, key=self.queues.signing_key)
+        self._dispatch(_Attempt(Routing.of(request), parts, whole=request))
 
-        `received` is the request message as it came: engines that stamp ``input_received``
-        themselves get it unchanged, others (and retries) get the request encoded again.
-        """
-        problem = self._check_request(request)
+    def _dispatch(self, attempt: _Attempt) -> None:
+        """Hand one attempt of a request to the engine (or fail it at once if it is invalid)."""
+        routing = attempt.routing
+        problem = self._check_request(routing)
         if problem is not None:
+            request = self._request_of(attempt)
             request.set_failure(problem)
             self._send_final(request, self.queues.encode_result(request))
             return
-        attempt = _Attempt(request)
         with self._idle:  # replaces the previous attempt of a retried task
-            self._outstanding[request.task_id] = attempt
+            self._outstanding[routing.task_id] = attempt
         try:
-            if received is not None and self.engine.stamps_received:
-                parts: Parts = [received]
-            else:
-                parts = encode(Kind.REQUEST, request, key=self.queues.signing_key)
-            future = self.engine.submit(request, parts)
+            future = self.engine.submit(routing, attempt.parts)
         except Exception as exc:
-            logger.warning("the engine refused task %s: %r", request.task_id, exc)
+            logger.warning("the engine refused task %s: %r", routing.task_id, exc)
             if self._claim(attempt):
-                self._finish_failed(request, exc, worker_lost=isinstance(exc, WorkerLost))
+                self._finish_failed(self._request_of(attempt), exc,
+                                    worker_lost=isinstance(exc, WorkerLost))
             return
+        attempt.parts = ()  # the engine has them; `data` stays for a failure's Result
         attempt.future = future
-        if request.timeout is not None:
-            self._deadlines.add(request.timeout, attempt)
+        if routing.timeout is not None:
+            self._deadlines.add(routing.timeout, attempt)
         future.add_done_callback(partial(self._on_done, attempt))
 
-    def _check_request(self, request: Result) -> Exception | None:
-        if request.method not in self.methods:
-            return ValueError(f"unknown method {request.method!r}; "
+    def _check_request(self, routing: Routing) -> Exception | None:
+        if routing.method not in self.methods:
+            return ValueError(f"unknown method {routing.method!r}; "
                               f"this server offers {sorted(self.methods)}")
-        if request.executor is not None and request.executor not in self.engine.executors:
-            return ValueError(f"unknown executor {request.executor!r}; "
+        if routing.executor is not None and routing.executor not in self.engine.executors:
+            return ValueError(f"unknown executor {routing.executor!r}; "
                               f"this server has {sorted(self.engine.executors)}")
         return None
+
+    def _request_of(self, attempt: _Attempt) -> Result:
+        """The attempt's whole request, decoded from the message on first need."""
+        if attempt.whole is None:
+            assert attempt.data is not None
+            attempt.whole = attempt.routing.whole(attempt.data, self.queues.signing_key)
+        return attempt.whole
 
     def _claim(self, attempt: _Attempt) -> bool:
         """Take ownership of an attempt's outcome; False if the timer or the engine was first."""
         with self._idle:
-            if attempt.settled or self._outstanding.get(attempt.request.task_id) is not attempt:
+            if attempt.settled or self._outstanding.get(attempt.routing.task_id) is not attempt:
                 return False
             attempt.settled = True
             return True
 
     def _on_done(self, attempt: _Attempt, future: Future[list[Parts]]) -> None:
-        request = attempt.request
+        routing = attempt.routing
         if not self._claim(attempt):
-            logger.debug("dropped the late result of task %s", request.task_id)
+            logger.debug("dropped the late result of task %s", routing.task_id)
             return
         attempt.future = None  # settled: no cycle (future, callback, attempt) keeps the request
         try:
-            messages = self._messages_of(request, future)
+            messages = self._messages_of(attempt, future)
             if messages is DELIVERED:  # the worker handed the final result to the thinker
-                self.queues.request_done(request.task_id)
-                self._untrack(request)
+                self.queues.request_done(routing.task_id)
+                self._untrack(routing)
                 return
             *intermediate, final = messages
             for parts in intermediate:
-                self._forward_intermediate(request.topic, parts)
+                self._forward_intermediate(routing.topic, parts)
             _, flags = peek(final[0])
-            if flags & Flags.FAILED and self._retry(request):
+            if flags & Flags.FAILED and self._retry(self._request_of(attempt)):
                 return
-            self._send_final(request, final)
+            self._send_final(routing, final)
         except Exception:
-            logger.exception("could not return the result of task %s", request.task_id)
-            self._untrack(request)
+            logger.exception("could not return the result of task %s", routing.task_id)
+            self._untrack(routing)
 
     def _on_timeout(self, attempt: _Attempt) -> None:
         if not self._claim(attempt):
             return
-        request, future, attempt.future = attempt.request, attempt.future, None
+        future, attempt.future = attempt.future, None
         assert future is not None
+        request = self._request_of(attempt)
         try:
             cancelled = self.engine.cancel(future)
         except Exception:
@@ -226,27 +237,28 @@ class TaskServer(_CONTEXT.Process):
         logger.info("retrying task %s (attempt %d of %d)", request.task_id,
                     request.retries + 1, request.max_retries + 1)
         request.success = request.complete = request.failure_info = None
-        self._dispatch(request)
+        self._dispatch_whole(request)
         return True
 
-    def _messages_of(self, request: Result, future: Future[list[Parts]]) -> list[Parts]:
+    def _messages_of(self, attempt: _Attempt, future: Future[list[Parts]]) -> list[Parts]:
         try:
             messages = future.result()
             if not messages and messages is not DELIVERED:
                 raise RuntimeError("the engine returned no result message")
             return messages
         except Exception as exc:
+            request = self._request_of(attempt)
             request.set_failure(exc, worker_lost=isinstance(exc, WorkerLost))
             return [self.queues.encode_result(request)]
 
-    def _send_final(self, request: Result, parts: Parts) -> None:
+    def _send_final(self, request: Result | Routing, parts: Parts) -> None:
         try:
             self.queues.send_encoded_result(request.topic, parts)
             self.queues.request_done(request.task_id)
         finally:
             self._untrack(request)
 
-    def _untrack(self, request: Result) -> None:
+    def _untrack(self, request: Result | Routing) -> None:
         with self._idle:
             self._outstanding.pop(request.task_id, None)
             if not self._outstanding:
@@ -258,9 +270,16 @@ class TaskServer(_CONTEXT.Process):
 
 @dataclass(eq=False)
 class _Attempt:
-    """One try of a request on the engine; settled once, by its result or by its timeout."""
+    """One try of a request on the engine; settled once, by its result or by its timeout.
 
-    request: Result
+    A request forwarded as it came is held as that message (`data`) and read only by its
+    routing fields; its whole Result is decoded if a failure or a retry needs it.
+    """
+
+    routing: Routing
+    parts: Parts
+    data: Frame | None = None
+    whole: Result | None = None
     future: Future[list[Parts]] | None = None
     settled: bool = False
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from steersman.models.messages import Routing
 from steersman.models.methods import TaskMethod
-from steersman.models.result import Result
 from steersman.models.serialization import Frame
 
 #: One message as a list of buffers (a single joined buffer is a list of one).
@@ -53,9 +53,10 @@ class Engine(ABC):
 
     #: Names a request may give as `executor=` to pick where it runs.
     executors: Sequence[str] = ("default",)
-    #: Whether the engine stamps ``input_received`` on the worker's Result from the `request`
-    #: given to :meth:`submit`: then the server forwards the thinker's message as it came
-    #: instead of encoding it again.
+    #: Whether the engine stamps ``input_received`` on the worker's Result from the
+    #: ``received`` of the `request` given to :meth:`submit`: then the server forwards the
+    #: thinker's message as it came, reading only its routing fields, instead of decoding it
+    #: and encoding it again.
     stamps_received: bool = False
 
     @abstractmethod
@@ -63,8 +64,9 @@ class Engine(ABC):
         """Acquire workers; called once in the task server's process."""
 
     @abstractmethod
-    def submit(self, request: Result, parts: Parts) -> Future[list[Parts]]:
-        """Run one encoded request; the future gives the encoded result messages."""
+    def submit(self, request: Routing, parts: Parts) -> Future[list[Parts]]:
+        """Run one encoded request (`parts`), routed by `request`; the future gives the encoded
+        result messages."""
 
     def cancel(self, future: Future[list[Parts]]) -> bool:
         """Stop a task the server gave up on (timed out); False if the engine cannot.

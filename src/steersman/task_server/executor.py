@@ -19,9 +19,8 @@ from functools import partial
 from typing import Any, Literal
 
 from steersman.exceptions import WorkerLost
-from steersman.models.messages import join
+from steersman.models.messages import Routing, join
 from steersman.models.methods import TaskMethod, as_method
-from steersman.models.result import Result
 from steersman.queue.base import BaseQueues
 from steersman.task_server.base import TaskServer
 from steersman.task_server.engine import Engine, Parts, PriorityGate, WorkerContext
@@ -202,7 +201,7 @@ class ExecutorEngine(Engine):
     def _placed(self, method: str) -> Sequence[str]:
         return self.placement.get(method, self.executors)
 
-    def submit(self, request: Result, parts: Parts) -> Future[list[Parts]]:
+    def submit(self, request: Routing, parts: Parts) -> Future[list[Parts]]:
         assert request.method is not None
         name = self._choose(request)
         runner = self._runner(request.method, name)
@@ -215,7 +214,7 @@ class ExecutorEngine(Engine):
             gate.offer(request.priority, start)
         return outer
 
-    def _choose(self, request: Result) -> str:
+    def _choose(self, request: Routing) -> str:
         assert request.method is not None
         if request.executor is not None:
             return request.executor

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from steersman.exceptions import WorkerLost
-from steersman.models.messages import Flags, join, peek
+from steersman.models.messages import Flags, Routing, join, peek
 from steersman.models.methods import TaskMethod
-from steersman.models.result import Result
 from steersman.queue.base import BaseQueues
 from steersman.queue.pipe import PipeChannel
 from steersman.task_server.base import _CONTEXT, TaskServer
@@ -66,9 +65,9 @@ class ThreadEngine(Engine):
 
     stamps_received = True
 
-    def submit(self, request: Result, parts: Parts) -> Future[list[Parts]]:
+    def submit(self, request: Routing, parts: Parts) -> Future[list[Parts]]:
         future: Future[list[Parts]] = Future()
-        received = request.timestamp.input_received
+        received = request.received
         self._waiting.put((-request.priority, next(self._order), (parts, future, received)))
         return future
 
@@ -138,9 +137,9 @@ class ProcessEngine(Engine):
         for slot in self._slots:
             slot.thread.start()
 
-    def submit(self, request: Result, parts: Parts) -> Future[list[Parts]]:
+    def submit(self, request: Routing, parts: Parts) -> Future[list[Parts]]:
         future: Future[list[Parts]] = Future()
-        stamp = _STAMP.pack(request.timestamp.input_received or math.nan)
+        stamp = _STAMP.pack(request.received or math.nan)
         task = _Task([[stamp], parts], future, request.topic)
         with self._lock:
             if not self._idle:

@@ -24,7 +24,7 @@ from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
 from steersman.exceptions import ExecutableError
-from steersman.models.messages import Kind, decode, encode, join
+from steersman.models.messages import Kind, Routing, decode, encode, join
 from steersman.models.methods import ExecutableMethod
 from steersman.models.result import Result
 from steersman.queue.base import BaseQueues
@@ -134,7 +134,7 @@ class ParslEngine(ExecutorEngine):
         super().start(context)
         self._apps = {label: _ExecutableApps(label) for label in self.executors}
 
-    def submit(self, request: Result, parts: Parts) -> Future[list[Parts]]:
+    def submit(self, request: Routing, parts: Parts) -> Future[list[Parts]]:
         assert request.method is not None
         method = self._context.methods[request.method]
         if not isinstance(method, ExecutableMethod):

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Mapping
 from time import time
 
+from steersman.exceptions import MessageError
 from steersman.models.messages import Kind, decode, encode, join
 from steersman.models.methods import TaskMethod
 from steersman.models.result import Result
@@ -29,7 +30,15 @@ def execute_request(
     they are returned before the final result. `received` is when the server received the
     request, for servers that forward the thinker's message without stamping it.
     """
-    result = decode(request, key=key).result
+    try:
+        result = decode(request, key=key).result
+    except MessageError as exc:  # read by its routing fields alone so far: fail it, to say so
+        routing = decode(request, key=key, routing_only=True).routing
+        assert routing is not None
+        routing.received = received
+        result = routing.whole(request, key)
+        result.set_failure(exc)
+        return [encode_final(result, key)]
     assert result is not None and result.method is not None
     if received is not None:
         result.timestamp.input_received = received
