@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -186,8 +187,11 @@ def measure_rounds(args: argparse.Namespace, backend: str, k: int) -> dict[str, 
     median = dict(rounds[0])
     for key in ("tasks_per_s", "median_ms", "p99_ms", "plain_tasks_per_s", "loss",
                 "peer_tasks_per_s", "peer_median_ms", "ratio"):
-        if key in median:  # the median of each figure (a hung peer's NaN counts as such)
-            median[key] = statistics.median(r[key] for r in rounds)
+        if key in median:  # the median of each figure over the rounds the peer did not hang
+            values = [r[key] for r in rounds if not math.isnan(r[key])]
+            median[key] = statistics.median(values) if values else math.nan
+    if args.peer:
+        median["peer_hung"] = sum(math.isnan(r["peer_tasks_per_s"]) for r in rounds)
     if args.rounds > 1:
         median["rounds"] = {key: [r[key] for r in rounds]
                             for key in ("tasks_per_s", "ratio", "loss") if key in median}
@@ -212,6 +216,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         if args.peer:
             line += (f" {row['peer_tasks_per_s']:>13.0f} {row['peer_median_ms']:>12.3f}"
                      f" {row['ratio']:>6.1f}")
+            if row["peer_hung"]:
+                line += f"  (the peer hung in {row['peer_hung']} of {args.rounds} rounds)"
         print(line)
 
 
