@@ -55,7 +55,7 @@ _FLAGS = {bits: Flags(bits) for bits in range(2 * max(Flags))}
 
 
 class Routing(BaseModel):
-    """The fields of a request that route it. A task server reads only these (a third of the
+    """The fields of a request that route it. A task server reads only these (half the
     cost of the whole Result) and decodes the Result only when it must change it."""
 
     model_config = ConfigDict(extra="ignore")
