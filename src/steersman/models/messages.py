@@ -87,9 +87,14 @@ class Routing(BaseModel):
         except MessageError:
             request = None
         if request is None:
-            request = Result(task_id=self.task_id, method=self.method, topic=self.topic,
-                             priority=self.priority, timeout=self.timeout,
-                             executor=self.executor)
+            return self.bare()
+        request.timestamp.input_received = self.received
+        return request
+
+    def bare(self) -> Result:
+        """A Result of the routing fields alone, stamped as received."""
+        request = Result(task_id=self.task_id, method=self.method, topic=self.topic,
+                         priority=self.priority, timeout=self.timeout, executor=self.executor)
         request.timestamp.input_received = self.received
         return request
 
