@@ -124,6 +124,18 @@ def test_listeners_see_every_change():
     assert len(seen) >= 3 and seen[-1]["sim"] == (3, 3)
 
 
+def test_move_listeners_see_only_moves():
+    rec = ResourceCounter(3, ["sim", "ml"])
+    moves: list[dict] = []
+    rec.add_listener(lambda: moves.append(rec.snapshot()), moves_only=True)
+    rec.reallocate(None, "sim", 3)
+    rec.acquire("sim", 1)
+    rec.release("sim", 1)
+    assert moves == [{None: (0, 0), "sim": (3, 3), "ml": (0, 0)}]
+    rec.reallocate("sim", "ml", 2)
+    assert len(moves) == 2 and moves[-1]["ml"] == (2, 2)
+
+
 def test_concurrent_acquire_release_never_oversubscribes():
     rec = ResourceCounter(4, ["sim"])
     rec.reallocate(None, "sim", 4)

@@ -387,8 +387,6 @@ class Campaign:
         self._tls = threading.local()
         self._slot_lock = threading.Lock()
         self._last_allocation: dict[str | None, int] | None = None
-        self._pools: list[str | None] = []
-        self._last_counts: tuple[int, ...] | None = None
         self._active = False
         self._observing = False
         if run_dir is not None:
@@ -417,7 +415,7 @@ class Campaign:
             self.recording = Recording(directory, state, self.counters, self.thinker.queues)
             self.run_dir = directory.path
             if self.thinker.rec is not None:
-                self.thinker.rec.add_listener(self._on_slots)
+                self.thinker.rec.add_listener(self._on_slots, moves_only=True)
                 self._on_slots()
             self.resumed = not state.empty
             self.pending = [decode_request(state.requests[tid]) for tid in state.unfinished()]
@@ -566,18 +564,14 @@ class Campaign:
     # --- slots over time ------------------------------------------------------------------
 
     def _on_slots(self) -> None:
-        """Record the allocation when it changed (called after every acquire and release)."""
+        """Record the allocation when it changed (called after every move of slots)."""
         rec, recording = self.thinker.rec, self.recording
         if rec is None or recording is None:
             return
-        if tuple(map(rec.allocated_slots, self._pools)) == self._last_counts:
-            return  # the common case (an acquire or release), checked without a lock
-        with self._slot_lock:  # a move may be under way: its own call records its outcome
+        with self._slot_lock:  # moves in several threads: each records the state it sees
             allocated = {pool: counts[0] for pool, counts in rec.snapshot().items()}
             if allocated != self._last_allocation:
                 self._last_allocation = allocated
-                self._pools = list(allocated)
-                self._last_counts = tuple(allocated.values())
                 recording.dir.write_allocation(allocated)
 
     # --- resume ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class ResourceCounter:
         self._changed = threading.Condition(self._lock)
         self._waiting: dict[Pool, deque[object]] = {pool: deque() for pool in pools}
         self._listeners: list[Callable[[], None]] = []
+        self._move_listeners: list[Callable[[], None]] = []
 
     # --- observation --------------------------------------------------------------------------
 
@@ -69,9 +70,11 @@ class ResourceCounter:
         with self._lock:
             return {pool: (count, self._available[pool]) for pool, count in self._allocated.items()}
 
-    def add_listener(self, listener: Callable[[], None]) -> None:
-        """Call `listener()` after every change of any pool (from the thread that changed it)."""
-        self._listeners.append(listener)
+    def add_listener(self, listener: Callable[[], None], moves_only: bool = False) -> None:
+        """Call `listener()` after every change of any pool (from the thread that changed it);
+        with `moves_only`, only after slots moved between pools (not on acquire and release,
+        which are far more frequent)."""
+        (self._move_listeners if moves_only else self._listeners).append(listener)
 
     # --- acquire and release ------------------------------------------------------------------
 
@@ -125,8 +128,9 @@ class ResourceCounter:
 
     def remove_listener(self, listener: Callable[[], None]) -> None:
         """Stop calling a listener added with :meth:`add_listener`."""
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        for listeners in (self._listeners, self._move_listeners):
+            if listener in listeners:
+                listeners.remove(listener)
 
     def reallocate(self, task_from: Pool, task_to: Pool, n_slots: int | Literal["all"],
                    block: bool = True, callback: Callable[[], None] | None = None,
@@ -172,6 +176,7 @@ class ResourceCounter:
             self._changed.notify_all()
         logger.info("moved %d slot(s) from %r to %r", n_slots, task_from, task_to)
         self._notify()
+        self._notify(self._move_listeners)
         if callback is not None:
             callback()
         return True
@@ -209,8 +214,8 @@ class ResourceCounter:
         with self._lock:
             self._changed.notify_all()
 
-    def _notify(self) -> None:
-        for listener in self._listeners:
+    def _notify(self, listeners: list[Callable[[], None]] | None = None) -> None:
+        for listener in self._listeners if listeners is None else listeners:
             try:
                 listener()
             except Exception:
