@@ -30,6 +30,7 @@ VERSION = 1
 _PREFIX = struct.Struct("<2sBBBBHHI")
 _DIGEST_SIZE = hashlib.sha256().digest_size
 _MAX_FRAMES = 65535
+_dump_header = Result.__pydantic_serializer__.to_json  # bytes; model_dump_json makes a str
 
 
 class Kind(IntEnum):
@@ -138,7 +139,7 @@ def encode(
                 flags |= _FAILED
             if result.complete is False:
                 flags |= _INTERMEDIATE
-        header = result.model_dump_json().encode()
+        header = _dump_header(result)
         result.note_wire_header(header)
     if key is not None:
         flags |= _SIGNED
