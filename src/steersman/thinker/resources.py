@@ -175,8 +175,7 @@ class ResourceCounter:
             self._available[task_to] += n_slots
             self._changed.notify_all()
         logger.info("moved %d slot(s) from %r to %r", n_slots, task_from, task_to)
-        self._notify()
-        self._notify(self._move_listeners)
+        self._notify(moved=True)
         if callback is not None:
             callback()
         return True
@@ -214,8 +213,8 @@ class ResourceCounter:
         with self._lock:
             self._changed.notify_all()
 
-    def _notify(self, listeners: list[Callable[[], None]] | None = None) -> None:
-        for listener in self._listeners if listeners is None else listeners:
+    def _notify(self, moved: bool = False) -> None:
+        for listener in [*self._listeners, *self._move_listeners] if moved else self._listeners:
             try:
                 listener()
             except Exception:
