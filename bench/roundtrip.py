@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -120,12 +121,19 @@ def run_peer(python: str, args: argparse.Namespace, backend: str, k: int) -> dic
     command = [python, __file__, "--library", "peer", "--backends", backend,
                "--in-flight", str(k), "--tasks", str(args.tasks), "--workers", str(args.workers),
                "--rounds", "1", "--json"]
-    try:  # the earlier library sometimes hangs; report it instead of waiting forever
-        output = subprocess.run(command, check=True, capture_output=True, text=True,
-                                timeout=PEER_TIMEOUT, start_new_session=True)
+    # The earlier library sometimes hangs: report it instead of waiting forever, and kill its
+    # whole process group (its task server and workers would keep the output pipe open).
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=PEER_TIMEOUT)
     except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         return {"tasks_per_s": float("nan"), "median_ms": float("nan"), "hung": True}
-    return json.loads(output.stdout.strip().splitlines()[-1])
+    if process.returncode:
+        raise RuntimeError(f"the peer's run failed ({process.returncode}): {stderr[-2000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def redis_available(library: str) -> bool:
