@@ -11,7 +11,7 @@ Records are written in *batches*, each a length, a CRC-32 and a body::
 
     size u32 | crc32(body) u32 | body = meta_size u32 | meta | out-of-band buffers
 
-``meta`` is a ``marshal`` (version 4) list of records, each ``(kind, time, fields, frames)``:
+``meta`` is a ``marshal`` (version 2) list of records, each ``(kind, time, fields, frames)``:
 text fields as UTF-8 bytes and payload frames. When a payload has out-of-band buffers (large
 arrays), its record holds the first frame (the serialized stream) and a fifth item, the
 buffers' sizes, and the buffers follow ``meta`` as they are. One C call encodes a whole batch:
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 MAGIC = b"SMJRNL02"
 _PREFIX = struct.Struct("<II")
 _META_SIZE = struct.Struct("<I")
-_MARSHAL_VERSION = 4  # bytes, ints, floats, lists and tuples read the same in every Python 3
+_MARSHAL_VERSION = 2  # binary floats, and no back-references: their table costs more than it saves
 #: Upper bound of the interval between two fsyncs of a busy journal (seconds).
 SYNC_INTERVAL = 0.2
 #: After each sync, pages are faulted in for what the last interval wrote, within these bounds.
