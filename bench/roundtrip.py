@@ -15,6 +15,7 @@ file is executed by an interpreter that has it (``--library peer``): only the im
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -128,7 +129,8 @@ def run_peer(python: str, args: argparse.Namespace, backend: str, k: int) -> dic
     try:
         stdout, stderr = process.communicate(timeout=PEER_TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have ended just now
+            os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         return {"tasks_per_s": float("nan"), "median_ms": float("nan"), "hung": True}
     if process.returncode:
