@@ -10,14 +10,16 @@ and the workers write results straight back as today: no server process at all. 
 does and this leaves out (priority order, timeouts, retries, reports of lost workers, the kill
 signal) is what a real design would have to keep, so the figures bound what it could reach.
 
-Each round runs the same thinker as ``bench/roundtrip.py`` on the real path and on the lane,
-back to back; medians are printed.
+Each round runs the same thinker as ``bench/roundtrip.py`` on the real path, on the lane, and on
+the lane with a note per task from each worker to a supervising process (what a design that
+keeps the server informed of every task would add), back to back; medians are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import socket
 import statistics
 import sys
@@ -37,15 +39,24 @@ from steersman.task_server.worker import execute_request  # noqa: E402
 _LARGEST = 1 << 16  # the no-op requests are about 1 KB
 
 
-def measure_lane(n_tasks: int, in_flight: int, workers: int) -> dict[str, Any]:
+def measure_lane(n_tasks: int, in_flight: int, workers: int, notes: bool) -> dict[str, Any]:
+    """One run on the lane; with `notes`, each worker also tells a supervising process of
+    each task it finished (as today's workers tell the server), which reads and drops them."""
     thinker_class = roundtrip.make_thinker(roundtrip.load("steersman"))
     queues = PipeQueues(methods=["noop"])
     send, receive = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_serve, args=(queues, receive)) for _ in range(workers)]
+    note_read, note_write = os.pipe() if notes else (-1, -1)
+    processes = [context.Process(target=_serve, args=(queues, send, receive, note_write))
+                 for _ in range(workers)]
+    if notes:
+        processes.append(context.Process(target=_supervise, args=(send, note_read, note_write)))
     for process in processes:
         process.start()
     receive.close()
+    for fd in (note_read, note_write):
+        if fd >= 0:
+            os.close(fd)
     queues.detach_server_ends()
     queues._send_request = lambda parts: send.sendall(join(parts))  # type: ignore[method-assign]
     try:
@@ -64,8 +75,9 @@ def measure_lane(n_tasks: int, in_flight: int, workers: int) -> dict[str, Any]:
     return {"tasks_per_s": n_tasks / elapsed, "median_ms": statistics.median(latencies) * 1e3}
 
 
-def _serve(queues: PipeQueues, lane: socket.socket) -> None:
+def _serve(queues: PipeQueues, sender: socket.socket, lane: socket.socket, note: int) -> None:
     """A lane worker: its results go to the thinker's end of the result pipe."""
+    sender.close()  # only the thinker sends: its close ends the lane
     outcomes = queues._outcomes
     outcomes.close_reader()
     queues._requests.close_reader()
@@ -74,6 +86,16 @@ def _serve(queues: PipeQueues, lane: socket.socket) -> None:
     while data := lane.recv(_LARGEST):
         for parts in execute_request(methods, data, None, None, "lane", time.time()):
             outcomes.write(parts)
+        if note >= 0:
+            os.write(note, data[16:48])  # 32 bytes, as a task id
+
+
+def _supervise(sender: socket.socket, note_read: int, note_write: int) -> None:
+    """Read the workers' notes until they are all gone."""
+    sender.close()
+    os.close(note_write)
+    while os.read(note_read, 1 << 16):
+        pass
 
 
 def main() -> None:
@@ -87,16 +109,18 @@ def main() -> None:
           f"{multiprocessing.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
           f"medians of {args.rounds} round(s)")
     print(f"{'K':>3} {'server hop/s':>13} {'median ms':>10} {'lane/s':>8} {'median ms':>10} "
-          f"{'ratio':>6}")
+          f"{'ratio':>6} {'+notes/s':>9} {'median ms':>10} {'ratio':>6}")
     for k in map(int, args.in_flight.split(",")):
-        hop, lane = [], []
+        runs: list[list[dict[str, Any]]] = [[], [], []]
         for _ in range(args.rounds):
-            hop.append(roundtrip.measure("steersman", "pipe", args.tasks, k, args.workers))
-            lane.append(measure_lane(args.tasks, k, args.workers))
-        rate = [statistics.median(r["tasks_per_s"] for r in rows) for rows in (hop, lane)]
-        median = [statistics.median(r["median_ms"] for r in rows) for rows in (hop, lane)]
+            runs[0].append(roundtrip.measure("steersman", "pipe", args.tasks, k, args.workers))
+            runs[1].append(measure_lane(args.tasks, k, args.workers, notes=False))
+            runs[2].append(measure_lane(args.tasks, k, args.workers, notes=True))
+        rate = [statistics.median(r["tasks_per_s"] for r in rows) for rows in runs]
+        median = [statistics.median(r["median_ms"] for r in rows) for rows in runs]
         print(f"{k:>3} {rate[0]:>13.0f} {median[0]:>10.3f} {rate[1]:>8.0f} {median[1]:>10.3f} "
-              f"{rate[1] / rate[0]:>6.2f}", flush=True)
+              f"{rate[1] / rate[0]:>6.2f} {rate[2]:>9.0f} {median[2]:>10.3f} "
+              f"{rate[2] / rate[0]:>6.2f}", flush=True)
 
 
 if __name__ == "__main__":
