@@ -87,7 +87,7 @@ def _serve(queues: PipeQueues, sender: socket.socket, lane: socket.socket, note:
         for parts in execute_request(methods, data, None, None, "lane", time.time()):
             outcomes.write(parts)
         if note >= 0:
-            os.write(note, data[16:48])  # 32 bytes, as a task id
+            os.write(note, data[16:48])  # 32 bytes: the size of a task id
 
 
 def _supervise(sender: socket.socket, note_read: int, note_write: int) -> None:
