@@ -218,6 +218,16 @@ def header_of(head: Frame) -> memoryview | None:
     return view[start:start + header_len]
 
 
+def message_size(data: Frame) -> int:
+    """The size of the message at the start of `data`, read from its prefix alone."""
+    view = memoryview(data).cast("B")
+    _, _, _, flags, _, n_inputs, n_values, header_len = _unpack_prefix(view)
+    n_frames = n_inputs + n_values
+    start = _PREFIX.size + 8 * n_frames
+    lengths = struct.unpack_from(f"<{n_frames}Q", view, _PREFIX.size)
+    return start + header_len + sum(lengths) + (_DIGEST_SIZE if flags & _SIGNED else 0)
+
+
 def join(parts: Sequence[Frame]) -> bytes:
     """Concatenate the parts of a message, for transports that take one buffer."""
     return b"".join(parts)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
@@ -160,6 +161,11 @@ class BaseQueues(ABC):
     def _recv_result(self, timeout: float | None) -> Buffer | None:
         """Next result message of any topic for the thinker, or None after `timeout` or on wake."""
 
+    def _send_task(self, request: Result, parts: Sequence[Frame]) -> None:
+        """Deliver a new task's request; backends with a faster path for some requests (see
+        :meth:`open_lane`) choose it here."""
+        self._send_request(parts)
+
     def _wake_receiver(self) -> None:
         """Interrupt a blocked :meth:`_recv_result`, so that its thread re-checks why it waits."""
 
@@ -232,7 +238,7 @@ class BaseQueues(ABC):
         try:
             for observer in self._observers:  # recorded before it leaves: at-least-once
                 observer.request_sent(result)
-            self._send_request(parts)
+            self._send_task(result, parts)
         except BaseException:
             self._finish_task(topic, result.task_id)
             if self._proxies is not None:
@@ -548,6 +554,15 @@ class BaseQueues(ABC):
         call to hand a small final result message straight to the thinker (True), or that
         declines (False) so the result goes through the server. None where the transport has
         no such path. It saves the server a hop on every task."""
+        return None
+
+    def open_lane(self) -> None:
+        """In the client's process, before a local task server starts: let requests that need
+        nothing of the server go straight to its workers (see :mod:`steersman.queue.lane`).
+        Backends without such a path ignore it."""
+
+    def lane_receiver(self) -> socket.socket | None:
+        """In the task server's process: the end of the lane its workers receive from, or None."""
         return None
 
     def request_done(self, task_id: str) -> None:

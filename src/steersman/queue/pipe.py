@@ -17,6 +17,7 @@ import mmap
 import multiprocessing
 import os
 import select
+import socket
 import struct
 import tempfile
 import threading
@@ -25,8 +26,10 @@ from multiprocessing.util import Finalize
 from typing import TYPE_CHECKING, Any
 
 from steersman.exceptions import QueueConnectionError, TaskServerDied
+from steersman.models.result import Result
 from steersman.models.serialization import Frame, SerializationMethod
 from steersman.queue.base import BaseQueues, Buffer
+from steersman.queue.lane import LANE_BYTES, Lane
 
 if TYPE_CHECKING:
     from steersman.proxy import NameOption, ThresholdOption
@@ -124,6 +127,21 @@ class PipeChannel:
                 return _map_kept(path) if size & _KEPT else _unspill(path, forward)
             return inbox.take(fd, size)
 
+    @property
+    def reader_fd(self) -> int:
+        return self._reader.fileno()
+
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes of the next message were read ahead already."""
+        return self._inbox.held > 0
+
+    def at_end(self) -> bool:
+        """Whether every writer closed the pipe and no message is left: reads ahead what
+        waits, so call it only when the pipe is readable (or it waits for a message)."""
+        with self._read_lock:
+            return not self._inbox.held and not self._inbox.fill(self._reader.fileno())
+
     def close_reader(self) -> None:
         self._reader.close()
 
@@ -209,6 +227,8 @@ class PipeQueues(BaseQueues):
     ):
         self._requests = PipeChannel(watch_full=True)
         self._outcomes = PipeChannel()
+        self._lane: Lane | None = None
+        self._server_needed = False  # see _takes_lane
         super().__init__(topics, serialization_method, keep_inputs, methods, key,
                          proxystore_name, proxystore_threshold)
 
@@ -227,6 +247,7 @@ class PipeQueues(BaseQueues):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.pop("_wake", None)
+        state["_lane"] = None  # a server or worker forked from this process has it already
         return state
 
     # --- transport ----------------------------------------------------------------------------
@@ -236,6 +257,30 @@ class PipeQueues(BaseQueues):
             self._requests.write(parts)
         except (BrokenPipeError, OSError) as exc:
             raise TaskServerDied(f"the task server is gone: cannot send requests ({exc})") from None
+
+    def _send_task(self, request: Result, parts: Sequence[Frame]) -> None:
+        if self._lane is not None and self._takes_lane(request, parts):
+            try:
+                self._lane.send(parts, self._drain_in_background)
+            except OSError as exc:
+                raise TaskServerDied(f"the task server is gone: cannot send requests ({exc})") \
+                    from None
+            return
+        self._send_request(parts)
+
+    def _takes_lane(self, request: Result, parts: Sequence[Frame]) -> bool:
+        """Whether a request may skip the server: small, and no request so far needed the
+        server (a priority to order by, a timeout to watch, retries, an executor).
+
+        After the first request that needs the server, every request goes through it: the
+        server knows then which worker is busy, so it orders waiting requests exactly and no
+        request waits behind a lane task while another worker is free.
+        """
+        if request.priority or request.timeout is not None or request.max_retries \
+                or request.executor is not None:
+            self._server_needed = True
+        return not (self._server_needed or self._kill_sent) \
+            and sum(memoryview(part).nbytes for part in parts) <= LANE_BYTES
 
     def _recv_request(self, timeout: float | None) -> Buffer | None:
         try:
@@ -263,6 +308,13 @@ class PipeQueues(BaseQueues):
     def direct_results(self) -> DirectWriter:
         return self._outcomes.direct_writer()
 
+    def open_lane(self) -> None:
+        if self._lane is None:
+            self._lane = Lane()
+
+    def lane_receiver(self) -> socket.socket | None:
+        return self._lane.receiver if self._lane is not None else None
+
     # --- which process holds which end --------------------------------------------------------
 
     def on_server_started(self) -> None:
@@ -282,14 +334,20 @@ class PipeQueues(BaseQueues):
         """
         self._requests.close_reader()
         self._outcomes.close_writer()
+        if self._lane is not None:
+            self._lane.close_receiver()
 
     def detach_client_ends(self) -> None:
         """In the server's process: drop the thinker's ends, so its death is seen too."""
         self._requests.close_writer()
         self._outcomes.close_reader()
+        if self._lane is not None:
+            self._lane.close_sender()
 
     def close_inherited(self) -> None:
-        """In a worker forked from the server: hold no end at all."""
+        """In a worker forked from the server: hold no end but the lane's receiving one."""
+        if self._lane is not None:
+            self._lane.close_sender()
         for channel in (self._requests, self._outcomes):
             for close in (channel.close_reader, channel.close_writer):
                 with contextlib.suppress(OSError):
@@ -522,6 +580,12 @@ class _Inbox:
     @property
     def held(self) -> int:
         return self._end - self._start
+
+    def fill(self, fd: int) -> int:
+        """With nothing held: read what waits in `fd` (at least a byte); 0 at end-of-file."""
+        count = os.readv(fd, [self._buffer])
+        self._start, self._end = 0, count
+        return count
 
     def take(self, fd: int, size: int) -> bytearray:
         """The next `size` bytes: held ones first, the rest read from `fd` (along with what

@@ -19,8 +19,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from steersman.exceptions import QueueConnectionError, TimeoutException, WorkerLost
-from steersman.models.messages import Flags, Kind, Routing, encode, peek
+from steersman.exceptions import (
+    MessageError,
+    QueueConnectionError,
+    TimeoutException,
+    WorkerLost,
+)
+from steersman.models.messages import Flags, Kind, Routing, decode, encode, peek
 from steersman.models.methods import TaskMethod, as_method
 from steersman.models.result import Result
 from steersman.models.serialization import Frame
@@ -53,6 +58,8 @@ class TaskServer(_CONTEXT.Process):
         self.engine = engine
         queues.set_methods(self.methods)
         queues.set_executors(engine.executors)
+        if engine.takes_lane and _CONTEXT.get_start_method() == "fork":  # workers inherit it
+            queues.open_lane()
 
     # --- process life cycle -------------------------------------------------------------------
 
@@ -85,7 +92,8 @@ class TaskServer(_CONTEXT.Process):
         self.engine.start(WorkerContext(
             methods=self.methods, key=self.queues.signing_key,
             emit=self._forward_intermediate, in_forked_child=self.queues.on_worker_process,
-            direct_results=self.queues.direct_results,
+            direct_results=self.queues.direct_results, lane=self.queues.lane_receiver,
+            fail_unseen=self._fail_unseen,
         ))
         logger.info("task server ready with methods %s on executors %s", sorted(self.methods),
                     list(self.engine.executors))
@@ -228,6 +236,18 @@ class TaskServer(_CONTEXT.Process):
         except Exception:
             logger.exception("could not return the failure of task %s", request.task_id)
             self._untrack(request)
+
+    def _fail_unseen(self, data: bytes, error: Exception) -> None:
+        """A request that reached a worker without passing through this loop (by the lane)
+        failed before the worker sent its result: send the failure in the worker's stead."""
+        try:
+            routing = decode(data, key=self.queues.signing_key, routing_only=True).routing
+            assert routing is not None
+        except (MessageError, AssertionError) as exc:
+            logger.error("a worker lost a lane request that cannot be read: %s", exc)
+            return
+        self._finish_failed(routing.whole(data, self.queues.signing_key), error,
+                            worker_lost=isinstance(error, WorkerLost))
 
     def _retry(self, request: Result) -> bool:
         """Send a failed request again if it has retries left."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import socket
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,10 @@ class WorkerContext:
         direct_results: Call in the server before forking workers: a function with which those
             workers hand a successful final result message to the thinker themselves (it
             returns False if the message must go through the server), or None.
+        lane: Call in the server: the socket its workers receive lane requests from (requests
+            the thinker sent them directly, see :mod:`steersman.queue.lane`), or None.
+        fail_unseen: Report that a lane request (the message) failed with the exception
+            before its worker sent a result (the worker died): the server sends the failure.
     """
 
     methods: Mapping[str, TaskMethod]
@@ -46,6 +51,8 @@ class WorkerContext:
     emit: Callable[[str, Parts], None] | None = None
     in_forked_child: Callable[[], None] = field(default=lambda: None)
     direct_results: Callable[[], Callable[[Parts], bool] | None] = field(default=lambda: None)
+    lane: Callable[[], socket.socket | None] = field(default=lambda: None)
+    fail_unseen: Callable[[bytes, Exception], None] = field(default=lambda data, error: None)
 
 
 class Engine(ABC):
@@ -58,6 +65,9 @@ class Engine(ABC):
     #: thinker's message as it came, reading only its routing fields, instead of decoding it
     #: and encoding it again.
     stamps_received: bool = False
+    #: Whether the engine's workers also take requests from the thinker's lane, if the queues
+    #: have one (:meth:`~steersman.queue.base.BaseQueues.open_lane`).
+    takes_lane: bool = False
 
     @abstractmethod
     def start(self, context: WorkerContext) -> None:

@@ -15,17 +15,22 @@ import logging
 import math
 import os
 import queue
+import select
+import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from time import time
 from typing import Any
 
 from steersman.exceptions import WorkerLost
-from steersman.models.messages import Flags, Routing, join, peek
+from steersman.models.messages import Flags, Routing, decode, join, peek
 from steersman.models.methods import TaskMethod
+from steersman.models.serialization import Frame
 from steersman.queue.base import BaseQueues
+from steersman.queue.lane import LaneSlot
 from steersman.queue.pipe import PipeChannel
 from steersman.task_server.base import _CONTEXT, TaskServer
 from steersman.task_server.engine import DELIVERED, Engine, Parts, WorkerContext
@@ -38,6 +43,9 @@ logger = logging.getLogger(__name__)
 _STAMP = struct.Struct("<d")
 #: A worker's reply telling the server that it sent the final result to the thinker itself.
 _DELIVERED_NOTE = b""
+#: A worker's reply telling the server to send the next message on to the thinker: a result
+#: of a lane task too large to go straight to the thinker.
+_RELAY_NOTE = b"r"
 
 
 class ThreadEngine(Engine):
@@ -110,10 +118,13 @@ class ProcessEngine(Engine):
     workers are busy it waits, highest priority first, and the thread that reads a worker's
     replies hands it the next one as soon as its task finished. Where the queues allow it, a
     worker writes a small successful result straight to the thinker and only a note to the
-    server: the result skips a hop through the server.
+    server: the result skips a hop through the server. Where the queues have a lane (see
+    :mod:`steersman.queue.lane`), workers also take requests the thinker sent them directly,
+    after any request of the server's.
     """
 
     stamps_received = True
+    takes_lane = True
 
     def __init__(self, num_workers: int | None = None):
         self.num_workers = num_workers or os.cpu_count() or 1
@@ -125,11 +136,13 @@ class ProcessEngine(Engine):
         self._stopping = False
         self.lifeline: tuple[int, int] = (-1, -1)
         self.direct: Callable[[Parts], bool] | None = None
+        self.lane: socket.socket | None = None
 
     def start(self, context: WorkerContext) -> None:
         self._context = context
         self.lifeline = os.pipe()  # only the server holds the write end: EOF means it died
         self.direct = context.direct_results()
+        self.lane = context.lane() if self.direct is not None else None
         self._slots = [_WorkerSlot(i, self) for i in range(self.num_workers)]
         for slot in self._slots:  # fork every worker before any thread of ours exists
             slot.spawn()
@@ -145,9 +158,17 @@ class ProcessEngine(Engine):
             if not self._idle:
                 heapq.heappush(self._waiting, (-request.priority, next(self._order), task))
                 return future
-            slot = self._idle.pop()
+            slot = self._idle.pop(self._least_busy())
         slot.begin(task)
         return future
+
+    def _least_busy(self) -> int:
+        """With the lock held: which idle slot to use, one whose worker runs no lane task if
+        there is one (its task would wait behind the lane task)."""
+        for index in range(len(self._idle) - 1, -1, -1):
+            if not self._idle[index].lane_busy:
+                return index
+        return -1
 
     def next_task(self, slot: _WorkerSlot) -> _Task | None:
         """The waiting task `slot` runs next; None (and `slot` becomes idle) if none waits."""
@@ -170,6 +191,8 @@ class ProcessEngine(Engine):
         for slot in self._slots:
             slot.thread.join()
             slot.stop()
+            if slot.lane_slot is not None:
+                slot.lane_slot.close()
         for fd in self.lifeline:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -208,6 +231,11 @@ class _WorkerSlot:
         self._lock = threading.Lock()
         self._current: _Task | None = None
         self._killed = False
+        self.lane_slot = LaneSlot() if engine.lane is not None else None
+
+    @property
+    def lane_busy(self) -> bool:
+        return self.lane_slot is not None and self.lane_slot.busy
 
     def kill_if_running(self, future: Future[list[Parts]]) -> bool:
         """Kill the worker if it runs `future`'s task; it is replaced before the next task."""
@@ -226,7 +254,7 @@ class _WorkerSlot:
         self.process = _CONTEXT.Process(
             target=_worker_main, name=f"steersman-worker-{self.index}", daemon=False,
             args=(self.requests, self.replies, context, others, self.engine.lifeline,
-                  self.engine.direct),
+                  self.engine.direct, self.engine.lane, self.lane_slot),
         )
         self.process.start()
         self.requests.close_reader()
@@ -248,12 +276,18 @@ class _WorkerSlot:
         while True:
             try:
                 reply = self.replies.read(None, forward=True)
+                relayed = self.replies.read(None, forward=True) if reply == _RELAY_NOTE else None
             except (EOFError, OSError):
                 if self.engine._stopping:
+                    self._fail_lane_task(WorkerLost(
+                        f"worker process {self.process.pid} died while running a task"))
                     return
                 self._lost()
                 continue
             assert reply is not None
+            if relayed is not None:
+                self._relay(relayed)
+                continue
             if reply == _DELIVERED_NOTE:
                 self._finished(DELIVERED)
                 continue
@@ -276,18 +310,49 @@ class _WorkerSlot:
         if task is not None:
             task.future.set_result(messages)
 
+    def _relay(self, message: Frame) -> None:
+        """Send a lane task's result on to the thinker (the worker could not: too large)."""
+        context = self.engine._context
+        try:
+            result = decode(message, key=context.key).result
+            assert result is not None and context.emit is not None
+            context.emit(result.topic, [message])
+        except Exception:
+            logger.exception("could not relay the result of a lane task")
+
     def _lost(self) -> None:
-        """The worker died: fail its task, replace it, go on with the next task."""
+        """The worker died: fail its task, replace it, go on with the next task.
+
+        If it died running a lane task, that task fails, and the server's task it was given
+        meanwhile (not started: lane tasks come second) goes to the replacement, unless the
+        worker was stopped to cancel that very task.
+        """
         with self._lock:  # a request written before the replacement fails with the old worker
             task, self._current = self._current, None
-            self._killed = False
+            killed, self._killed = self._killed, False
             self.process.join(timeout=5)
-            error = WorkerLost(f"worker process {self.process.pid} died while running a task "
+            pid = self.process.pid
+            error = WorkerLost(f"worker process {pid} died while running a task "
                                f"(exit code {self.process.exitcode})")
+            unfinished = self.lane_slot.take_unfinished() if self.lane_slot else None
             self._respawn()
+            if unfinished is not None and task is not None and not killed:
+                self._current, task = task, None
+                with contextlib.suppress(OSError):
+                    self.requests.write_messages(self._current.messages)
+        if unfinished is not None:
+            self.engine._context.fail_unseen(unfinished, error if not killed else WorkerLost(
+                f"worker process {pid} was stopped while running this task, to cancel a "
+                "timed-out task that waited behind it"))
         if task is not None:
             self.begin(self.engine.next_task(self))
             task.future.set_exception(error)
+
+    def _fail_lane_task(self, error: WorkerLost) -> None:
+        """At shutdown: if the worker died in a lane task, fail it."""
+        unfinished = self.lane_slot.take_unfinished() if self.lane_slot else None
+        if unfinished is not None:
+            self.engine._context.fail_unseen(unfinished, error)
 
     def _replace(self) -> None:
         with self._lock:
@@ -319,8 +384,10 @@ class _WorkerSlot:
 
 def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerContext,
                  others: list[PipeChannel], lifeline: tuple[int, int],
-                 direct: Callable[[Parts], bool] | None) -> None:
-    """A worker process: run requests one at a time until the server closes the pipe."""
+                 direct: Callable[[Parts], bool] | None, lane: socket.socket | None,
+                 lane_slot: LaneSlot | None) -> None:
+    """A worker process: run requests one at a time until the server closes the pipe (and,
+    with a lane, until no lane request waits either)."""
     _die_with_server(lifeline)
     context.in_forked_child()
     for channel in others:
@@ -329,8 +396,73 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
                 close()
     requests.close_writer()
     replies.close_reader()
-    while _serve_one(requests, replies, context, direct):
-        pass
+    if lane is None or lane_slot is None or direct is None:
+        while _serve_one(requests, replies, context, direct):
+            pass
+        return
+    inbound = _Inbound(requests, lane, lane_slot)
+    while (source := inbound.next()) is not None:
+        if source is requests:
+            _serve_one(requests, replies, context, direct)
+        else:
+            _serve_lane(lane_slot, replies, context, direct)
+
+
+class _Inbound:
+    """Where a worker's next request comes from: the server's pipe first, then the lane."""
+
+    def __init__(self, requests: PipeChannel, lane: socket.socket, slot: LaneSlot):
+        self.requests, self.lane, self.slot = requests, lane, slot
+        self._poller = select.poll()
+        self._poller.register(requests.reader_fd, select.POLLIN)
+        self._poller.register(lane, select.POLLIN)
+        self._lane_open = self._server_open = True
+
+    def next(self) -> PipeChannel | LaneSlot | None:
+        """`requests` if the server's pipe has a request, the slot if it just received a lane
+        request, None once the server closed its pipe and no lane request waits."""
+        ready = self._ready(0)
+        while True:
+            if self._server_open and (self.requests.buffered or self.requests.reader_fd in ready):
+                if self.requests.at_end():
+                    self._server_open = False
+                    self._poller.unregister(self.requests.reader_fd)
+                else:
+                    return self.requests
+            if self._lane_open:
+                try:
+                    if self.slot.receive(self.lane) is not None:
+                        return self.slot
+                except EOFError:
+                    self._lane_open = False
+                    self._poller.unregister(self.lane)
+            if not self._server_open:
+                return None
+            ready = self._ready(None)
+
+    def _ready(self, timeout: int | None) -> set[int]:
+        return {fd for fd, _ in self._poller.poll(timeout)}
+
+
+def _serve_lane(slot: LaneSlot, replies: PipeChannel, context: WorkerContext,
+                direct: Callable[[Parts], bool]) -> None:
+    """Run the lane request just received into `slot`: its results go to the thinker
+    directly, or through the server when too large (and then every later one of the task,
+    which must not overtake it); the slot is cleared once they are all sent."""
+    received = time()
+    request = slot.request()  # a copy: values decoded from it may outlive the task
+    relaying = False
+
+    def deliver(topic: str, parts: Parts) -> None:
+        nonlocal relaying
+        if relaying or not direct(parts):
+            relaying = True
+            replies.write_messages([[_RELAY_NOTE], parts])
+
+    for parts in execute_request(context.methods, request, context.key, deliver, "local",
+                                 received):
+        deliver("", parts)
+    slot.clear()
 
 
 def _serve_one(requests: PipeChannel, replies: PipeChannel, context: WorkerContext,
