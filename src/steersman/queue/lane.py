@@ -74,23 +74,18 @@ class LaneSlot:
     def __init__(self) -> None:
         self._memory = mmap.mmap(-1, LANE_BYTES)  # shared with processes forked later
         self._view = memoryview(self._memory)
-        self._size = 0
 
-    def receive(self, receiver: socket.socket) -> memoryview | None:
-        """The next lane request, if one waits; None if none. Raises EOFError once the lane
-        has no sender left."""
+    def receive(self, receiver: socket.socket) -> bytes | None:
+        """Receive the next lane request into the slot, if one waits, and return a copy of it
+        (values decoded from it may outlive the task); None if none waits. Raises EOFError
+        once the lane has no sender left."""
         try:
             size = receiver.recv_into(self._view, LANE_BYTES, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return None
         if size == 0:
             raise EOFError("the lane was closed")
-        self._size = size
-        return self._view[:size]
-
-    def request(self) -> bytes:
-        """A copy of the request last received."""
-        return bytes(self._view[:self._size])
+        return bytes(self._view[:size])
 
     def clear(self) -> None:
         """The request's results are sent: nothing to report if this worker dies now."""
@@ -117,4 +112,3 @@ class LaneSlot:
         with contextlib.suppress(BufferError):  # a view still held: the map goes with it
             self._view.release()
             self._memory.close()
-

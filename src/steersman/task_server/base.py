@@ -242,9 +242,12 @@ class TaskServer(_CONTEXT.Process):
         failed before the worker sent its result: send the failure in the worker's stead."""
         try:
             routing = decode(data, key=self.queues.signing_key, routing_only=True).routing
-            assert routing is not None
-        except (MessageError, AssertionError) as exc:
-            logger.error("a worker lost a lane request that cannot be read: %s", exc)
+        except MessageError as exc:
+            routing, problem = None, str(exc)
+        else:
+            problem = "not a request"
+        if routing is None:
+            logger.error("a worker lost a lane request that cannot be read: %s", problem)
             return
         self._finish_failed(routing.whole(data, self.queues.signing_key), error,
                             worker_lost=isinstance(error, WorkerLost))

@@ -402,10 +402,10 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
         return
     inbound = _Inbound(requests, lane, lane_slot)
     while (source := inbound.next()) is not None:
-        if source is requests:
-            _serve_one(requests, replies, context, direct)
+        if isinstance(source, bytes):
+            _serve_lane(source, lane_slot, replies, context, direct)
         else:
-            _serve_lane(lane_slot, replies, context, direct)
+            _serve_one(requests, replies, context, direct)
 
 
 class _Inbound:
@@ -418,9 +418,9 @@ class _Inbound:
         self._poller.register(lane, select.POLLIN)
         self._lane_open = self._server_open = True
 
-    def next(self) -> PipeChannel | LaneSlot | None:
-        """`requests` if the server's pipe has a request, the slot if it just received a lane
-        request, None once the server closed its pipe and no lane request waits."""
+    def next(self) -> PipeChannel | bytes | None:
+        """`requests` if the server's pipe has a request, else a lane request (received into
+        the slot), None once the server closed its pipe and no lane request waits."""
         ready = self._ready(0)
         while True:
             if self._server_open and (self.requests.buffered or self.requests.reader_fd in ready):
@@ -431,8 +431,9 @@ class _Inbound:
                     return self.requests
             if self._lane_open:
                 try:
-                    if self.slot.receive(self.lane) is not None:
-                        return self.slot
+                    request = self.slot.receive(self.lane)
+                    if request is not None:
+                        return request
                 except EOFError:
                     self._lane_open = False
                     self._poller.unregister(self.lane)
@@ -444,13 +445,12 @@ class _Inbound:
         return {fd for fd, _ in self._poller.poll(timeout)}
 
 
-def _serve_lane(slot: LaneSlot, replies: PipeChannel, context: WorkerContext,
+def _serve_lane(request: bytes, slot: LaneSlot, replies: PipeChannel, context: WorkerContext,
                 direct: Callable[[Parts], bool]) -> None:
-    """Run the lane request just received into `slot`: its results go to the thinker
-    directly, or through the server when too large (and then every later one of the task,
-    which must not overtake it); the slot is cleared once they are all sent."""
+    """Run a lane request just received into `slot`: its results go to the thinker directly,
+    or through the server when too large (and then every later one of the task, which must
+    not overtake it); the slot is cleared once they are all sent."""
     received = time()
-    request = slot.request()  # a copy: values decoded from it may outlive the task
     relaying = False
 
     def deliver(topic: str, parts: Parts) -> None:
