@@ -315,8 +315,10 @@ class _WorkerSlot:
         context = self.engine._context
         try:
             result = decode(message, key=context.key).result
-            assert result is not None and context.emit is not None
-            context.emit(result.topic, [message])
+            if result is not None and context.emit is not None:
+                context.emit(result.topic, [message])
+                return
+            logger.error("dropped a relayed message of a lane task that is not a result")
         except Exception:
             logger.exception("could not relay the result of a lane task")
 
