@@ -108,8 +108,7 @@ def build(run_dir: Path, n_results: int, seed: int = 1) -> None:
             directory.write_allocation({None: 0, "simulate": WORKERS - 1, "train": 1},
                                        stamps.compute_started)
             directory.write_allocation(allocation, stamps.compute_ended)
-    journal.close()  # no END record: the thinker was killed
-    recording.flush_lines()
+    recording.close(None)  # no END record: the thinker was killed
     directory.close()
 
 

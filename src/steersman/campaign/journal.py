@@ -96,6 +96,10 @@ class Record:
         return self._fields[index]
 
     @property
+    def field_count(self) -> int:
+        return len(self._fields)
+
+    @property
     def fields(self) -> list[str]:
         """Every field, decoded."""
         return [field.decode() for field in self._fields]
@@ -149,7 +153,8 @@ def encode_record(kind: RecordKind, fields: Sequence[bytes], frames: Sequence[Fr
 
 
 def iter_records(data: bytes | bytearray | memoryview, *, check: bool = True,
-                 with_frames: bool = True) -> Iterator[tuple[Record, int]]:
+                 with_frames: bool = True, start: int | None = None
+                 ) -> Iterator[tuple[Record, int]]:
     """Yield each record of the whole batches, with the offset just past its batch; stop at
     the first torn batch.
 
@@ -157,11 +162,15 @@ def iter_records(data: bytes | bytearray | memoryview, *, check: bool = True,
         data: The journal's bytes, magic included.
         check: Verify each batch's CRC (status displays may skip it).
         with_frames: Attach the payload frames (skip them when only counting).
+        start: Where a batch starts in `data`, when `data` is a part of the journal read
+            from there (no magic then; a batch cut off by the end of `data` ends it).
     """
     view = memoryview(data).cast("B")
-    if bytes(view[: len(MAGIC)]) != MAGIC:
-        raise ValueError(f"not a steersman journal (starts with {bytes(view[:8])!r})")
-    offset, end = len(MAGIC), len(view)
+    if start is None:
+        if bytes(view[: len(MAGIC)]) != MAGIC:
+            raise ValueError(f"not a steersman journal (starts with {bytes(view[:8])!r})")
+        start = len(MAGIC)
+    offset, end = start, len(view)
     while offset + _PREFIX.size + _META_SIZE.size <= end:
         size, crc = _PREFIX.unpack_from(view, offset)
         start = offset + _PREFIX.size
@@ -259,6 +268,11 @@ class JournalWriter:
         self._syncer = threading.Thread(target=self._sync_loop, name="steersman-journal-sync",
                                         daemon=True)
         self._syncer.start()
+
+    @property
+    def end(self) -> int:
+        """Where the next batch goes in the file."""
+        return self._log.end
 
     @property
     def mapped(self) -> bool:

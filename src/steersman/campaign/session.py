@@ -31,14 +31,14 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import sleep, time
+from time import time
 from typing import TYPE_CHECKING, Any
 
 from steersman.campaign.journal import JournalWriter, Record, RecordKind, read_journal
+from steersman.campaign.lines import LineWriter, line_of, lock_lines
 from steersman.campaign.progress import Counters, Display, choose_mode, make_display
 from steersman.campaign.receipt import (
     Decoded,
-    Payload,
     apply_receipt,
     pack_receipt,
     received_header,
@@ -55,7 +55,6 @@ from steersman.exceptions import AgentError
 from steersman.models.result import Result, writable_frames
 from steersman.models.serialization import (
     Frame,
-    SerializationMethod,
     deserialize,
     deserialize_inputs,
 )
@@ -156,11 +155,7 @@ def decode_result(record: Record, request: Record | None) -> Result:
     return result
 
 
-#: results.jsonl lines made in a row by the journal's thread, and its pause between such runs:
-#: without them the agents could wait several milliseconds for the interpreter lock.
-LINES_PER_TURN, YIELD = 32, 20e-6
-_LINE_ITEMS = 5  # items of a line in Recording._unwritten
-#: Payload frames up to this size are copied when kept for results.jsonl; larger ones are not.
+#: Payload frames up to this size are copied when queued for the journal; larger ones are not.
 KEEP_AS_BYTES = 1 << 16
 #: The flags field of a RESULT record by (final, success).
 _FLAGS = {(True, True): b"FS", (True, False): b"F", (False, True): b"S", (False, False): b""}
@@ -181,23 +176,24 @@ class Recording:
     """
 
     def __init__(self, directory: RunDirectory, state: JournalState, counters: Counters,
-                 queues: BaseQueues | None = None):
+                 queues: BaseQueues | None = None, lines: LineWriter | None = None):
         self.dir = directory
         self.state = state
         self.counters = counters
         self.queues = queues
         self.finished: set[str] = set(state.finals)
         self._lock = threading.Lock()
-        # For each result to write in results.jsonl: header, receipt, inputs, value, method,
-        # in a row (a tuple each would set the garbage collector running more often)
-        self._unwritten: list[Any] = []
-        self._flush_lock = threading.Lock()
-        self._closing = False  # the agents are done: lines need not leave them the interpreter
         self._displays: list[Display] = []
         self._catch_up_results()
         self.dir.open_traces()
-        self.journal = JournalWriter(directory.path / JOURNAL, state.valid_end)
-        self.journal.add_sync_hook(self.flush_lines)
+        self.lines = lines or LineWriter(directory.path / JOURNAL, directory.path / RESULTS)
+        try:
+            self.journal = JournalWriter(directory.path / JOURNAL, state.valid_end)
+        except BaseException:
+            self.lines.finish()
+            raise
+        self.lines.start(self.journal.end, _unfinished_inputs(state))
+        self.journal.add_sync_hook(self.lines.wake)
 
     def request_sent(self, result: Result, slots: Slots | None = None) -> None:
         """Journal a request before it leaves (with the header it leaves with), and with it
@@ -240,56 +236,37 @@ class Recording:
         return True
 
     def _queue_result(self, result: Result, final: bool) -> None:
-        """Queue the RESULT record and what its results.jsonl line needs (called with the
-        lock, so that lines keep the journal's order).
+        """Queue the RESULT record (called with the lock: records keep the order received).
 
-        Only bytes are kept for the line, not the Result: holding thousands of Results (or
-        views into their messages) until the next sync would set the garbage collector
-        running on the agents' threads.
+        Its results.jsonl line is made from it by the line writer (see lines.py), except for
+        a result that carried proxies: only this process saw what they resolved to, so its
+        line is made here and goes in the record.
         """
         header = bytes(received_header(result))
         frames = result.value_frames
         if frames is None and result.success:
             frames = result.encode_value()
-        kept = _kept(frames)
         receipt = pack_receipt(result)
-        self.journal.enqueue(RecordKind.RESULT, (result.task_id.encode(), result.topic.encode(),
-                                                 _FLAGS[final, bool(result.success)], header,
-                                                 receipt), _frames(kept),
+        fields: tuple[bytes, ...] = (result.task_id.encode(), result.topic.encode(),
+                                     _FLAGS[final, bool(result.success)], header, receipt)
+        if result.proxystore_name is not None:
+            fields += (trace_line(header, receipt, Decoded(result.inputs),
+                                  Decoded(result.value), result.serialization_method),)
+        self.journal.enqueue(RecordKind.RESULT, fields, _frames(_kept(frames)),
                              result.timestamp.result_received)
-        inputs: Payload = _kept(result.input_frames)
-        value: Payload = kept
-        if result.proxystore_name is not None:  # frames of proxies: show what they resolved to
-            inputs, value = Decoded(result.inputs), Decoded(result.value)
-        self._unwritten += (header, receipt, inputs, value, result.serialization_method)
 
-    def flush_lines(self) -> None:
-        """Write the results.jsonl lines of the results received since the last call.
-
-        The journal calls it at each sync, from its own thread, so that the agents' threads
-        do not spend their time on JSON; lines lost to a kill are rebuilt from the journal.
-        """
-        with self._flush_lock:
-            with self._lock:
-                unwritten, self._unwritten = self._unwritten, []
-            self.journal.write_queued()  # no line before its record
-            lines: list[bytes] = []
-            for start in range(0, len(unwritten), _LINE_ITEMS * LINES_PER_TURN):
-                if start and not self._closing:
-                    sleep(YIELD)  # let the agents have the interpreter: they wait for it
-                turn = iter(unwritten[start : start + _LINE_ITEMS * LINES_PER_TURN])
-                lines += [trace_line(header, receipt, inputs, value, method)
-                          for header, receipt, inputs, value, method
-                          in zip(turn, turn, turn, turn, turn)]
-            if lines:
-                self.dir.write_result_lines(b"".join(lines))
-
-    def close(self, outcome: dict[str, Any]) -> None:
-        self._closing = True
+    def close(self, outcome: dict[str, Any] | None) -> None:
+        """Write the outcome (None: none, as if the thinker were killed), close the journal,
+        and wait for the line writer to write the last lines."""
         self.journal.write_queued()  # results and processed marks before the end
-        self.journal.append(RecordKind.END, [to_json(outcome).encode()])
+        if outcome is not None:
+            self.journal.append(RecordKind.END, [to_json(outcome).encode()])
         self.journal.close()
-        self.flush_lines()
+        if not self.lines.finish():
+            logger.error("the results.jsonl writer failed; rebuilding its lines from the "
+                         "journal")
+            self.state = JournalState.load(self.journal.path)
+            self._catch_up_results()
         self.dir.close_traces()
 
     def _catch_up_results(self) -> None:
@@ -300,31 +277,24 @@ class Recording:
         """
         path = self.dir.path / RESULTS
         records = self.state.results
-        if not path.exists():
-            if not records:
-                return
-            path.touch()
-        data = path.read_bytes()
-        ends = _line_ends(data)
-        keep = min(len(ends), len(records))
-        cut = ends[keep - 1] if keep else 0
-        if cut != len(data):
-            with open(path, "r+b") as stream:
+        if not path.exists() and not records:
+            return
+        with open(path, "a+b") as stream:
+            lock_lines(stream.fileno())  # a line writer of a killed thinker may be writing
+            stream.seek(0)
+            data = stream.read()
+            ends = _line_ends(data)
+            keep = min(len(ends), len(records))
+            cut = ends[keep - 1] if keep else 0
+            if cut != len(data):
                 stream.truncate(cut)
-        if keep < len(records):
-            with open(path, "ab") as stream:
+            if keep < len(records):
+                requests = self.state.requests
                 for record in records[keep:]:
-                    stream.write(self._rebuilt_line(record))
-            logger.info("rebuilt %d line(s) of %s from the journal", len(records) - keep, path)
-
-    def _rebuilt_line(self, record: Record) -> bytes:
-        """The results.jsonl line of a RESULT record."""
-        header = record.field_bytes(3)
-        about = json.loads(header)
-        request = self.state.requests.get(record.field(0))
-        inputs = request.frames if request is not None and about["keep_inputs"] else None
-        return trace_line(header, record.field_bytes(4), inputs, record.frames,
-                          SerializationMethod.parse(about["serialization_method"]))
+                    request = requests.get(record.field(0))
+                    stream.write(line_of(record, request.frames if request else None))
+                logger.info("rebuilt %d line(s) of %s from the journal", len(records) - keep,
+                            path)
 
 
 def _kept(frames: Sequence[Frame] | None) -> bytes | list[Frame] | None:
@@ -342,6 +312,12 @@ def _kept(frames: Sequence[Frame] | None) -> bytes | list[Frame] | None:
 def _frames(payload: bytes | list[Frame] | None) -> Sequence[Frame]:
     """The frames of a payload kept by :func:`_kept`."""
     return (payload,) if isinstance(payload, bytes) else payload or ()
+
+
+def _unfinished_inputs(state: JournalState) -> dict[str, list[bytes]]:
+    """Input frames of the journaled requests whose final result is still to come."""
+    return {tid: [bytes(frame) for frame in state.requests[tid].frames]
+            for tid in state.unfinished()}
 
 
 def _line_ends(data: bytes) -> list[int]:
@@ -402,8 +378,10 @@ class Campaign:
     def _open(self, run_dir: str | os.PathLike[str]) -> None:
         cls_name = type(self.thinker).__qualname__
         directory = RunDirectory(run_dir, owner=f"{cls_name} (pid {os.getpid()})")
+        lines: LineWriter | None = None
         try:
             journal = directory.path / JOURNAL
+            lines = LineWriter(journal, directory.path / RESULTS)  # before the journal is read
             state = JournalState.load(journal) if journal.exists() else JournalState()
             previous = {s.get("thinker", "").rsplit(".", 1)[-1] for s in state.sessions}
             previous.discard("")
@@ -412,7 +390,8 @@ class Campaign:
                                  f"{sorted(previous)[0]}, not {cls_name}; use another run_dir")
             directory.update_params(self._initial_params)
             directory.attach_log(["steersman", self.thinker._logger_name])
-            self.recording = Recording(directory, state, self.counters, self.thinker.queues)
+            self.recording = Recording(directory, state, self.counters, self.thinker.queues,
+                                       lines)
             self.run_dir = directory.path
             if self.thinker.rec is not None:
                 self.thinker.rec.add_listener(self._on_slots, moves_only=True)
@@ -421,6 +400,11 @@ class Campaign:
             self.pending = [decode_request(state.requests[tid]) for tid in state.unfinished()]
             self._claimed = set()
         except BaseException:
+            recording, self.recording = self.recording, None
+            if recording is not None:
+                recording.close(None)
+            elif lines is not None:
+                lines.finish()
             directory.close()
             raise
         if self.resumed:
