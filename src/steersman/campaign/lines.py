@@ -138,6 +138,8 @@ class _Follower:
             if self.offset >= 0:
                 self.write_new()
             if finish:
+                if self.offset >= 0:
+                    os.fsync(self.results_fd)  # the run ended: its lines on disk too
                 return
 
     def _take_messages(self, pending: bytes) -> tuple[bytes, bool]:
@@ -175,7 +177,7 @@ class LineWriter:
     nothing until :meth:`start` says where.
 
     Args:
-        journal: The journal file to follow (created if missing).
+        journal: The journal file to follow (opened when started).
         results: results.jsonl (created if missing).
     """
 

@@ -102,7 +102,6 @@ class RunDirectory:
         self._lock_fd = _take_lock(self.path / LOCK, owner)
         self._params_lock = threading.Lock()
         self._handlers: list[tuple[logging.Logger, list[logging.Handler], tuple[int, bool]]] = []
-        self._results_fd = -1
         self._allocation_fd = -1
 
     # --- parameters -----------------------------------------------------------------------
@@ -159,16 +158,10 @@ class RunDirectory:
     # --- trace files ----------------------------------------------------------------------
 
     def open_traces(self) -> None:
-        """Open results.jsonl and allocation.jsonl for appending."""
+        """Open allocation.jsonl for appending (results.jsonl has a writer of its own: see
+        lines.py)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        self._results_fd = os.open(self.path / RESULTS, flags, 0o644)
         self._allocation_fd = os.open(self.path / ALLOCATION, flags, 0o644)
-
-    def write_result_lines(self, lines: bytes) -> None:
-        """Append whole lines (each with its newline) to results.jsonl."""
-        view = memoryview(lines)
-        while view:
-            view = view[os.write(self._results_fd, view):]
 
     def write_allocation(self, allocated: Mapping[str | None, int], when: float | None = None,
                          busy: Mapping[str | None, int] | None = None) -> None:
@@ -182,13 +175,11 @@ class RunDirectory:
         os.write(self._allocation_fd, (json.dumps(entry) + "\n").encode())
 
     def close_traces(self) -> None:
-        for name in ("_results_fd", "_allocation_fd"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.fsync(fd)
-                os.close(fd)
-                setattr(self, name, -1)
+        fd, self._allocation_fd = self._allocation_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+            os.close(fd)
 
     # --- life cycle -----------------------------------------------------------------------
 
