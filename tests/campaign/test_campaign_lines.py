@@ -95,6 +95,9 @@ def test_line_writer_keeps_no_inherited_pipe(tmp_path: Path) -> None:
     try:
         recording = _open(tmp_path)
         _exchange(recording, 1)
+        deadline = time.monotonic() + 10
+        while not _lines(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.02)  # a line written: the writer closed what it inherited before
         targets = sorted(os.readlink(f"/proc/{recording.lines._pid}/fd/{fd}")
                          for fd in os.listdir(f"/proc/{recording.lines._pid}/fd"))
         mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in (read, write)}
