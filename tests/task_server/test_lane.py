@@ -101,6 +101,11 @@ def test_large_requests_go_through_the_server(served):
         queues.send_inputs(b"x" * (2 * LANE_BYTES), method="size_of")
         assert queues.get_result(timeout=0.5) is None
     assert queues.get_result(timeout=10).value == 2 * LANE_BYTES
+    # That result carried its large inputs back, so the server wrote it holding the result
+    # pipe's write lock; a worker's direct result takes the lock too, so once one arrives the
+    # server no longer holds it (stopped while holding it, it would hold up every worker).
+    queues.send_inputs(2, method="square")
+    assert queues.get_result(timeout=10).value == 4
     with server_stopped(server):  # a large request does not turn the lane off
         queues.send_inputs(5, method="square")
         assert queues.get_result(timeout=10).value == 25
