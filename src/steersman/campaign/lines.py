@@ -43,6 +43,7 @@ import pydantic_core
 from steersman.campaign.journal import Record, RecordKind, iter_records
 from steersman.campaign.receipt import trace_line
 from steersman.models.serialization import Frame, SerializationMethod
+from steersman.queue.pipe import write_all
 
 #: Bytes of the journal read at a time (a batch larger than this is read whole).
 CHUNK = 1 << 20
@@ -102,7 +103,7 @@ class _Follower:
             fcntl.flock(self.results_fd, fcntl.LOCK_EX)
             try:
                 if self.alive():
-                    _write_all(self.results_fd, b"".join(lines))
+                    write_all(self.results_fd, lines)
             finally:
                 fcntl.flock(self.results_fd, fcntl.LOCK_UN)
 
@@ -202,13 +203,10 @@ class LineWriter:
         holds those of the batches before), given the input frames of the requests whose
         final result comes after it."""
         setup = pickle.dumps((offset, requests), pickle.HIGHEST_PROTOCOL)
-        os.set_blocking(self._wake_fd, True)  # the line writer reads it as it comes
-        try:
-            _write_all(self._wake_fd, _SETUP + _SIZE.pack(len(setup)) + setup)
+        try:  # waits for room: the line writer reads it as it comes
+            write_all(self._wake_fd, [_SETUP, _SIZE.pack(len(setup)), setup])
         except OSError:
             self._broken = True
-        finally:
-            os.set_blocking(self._wake_fd, False)
 
     def wake(self) -> None:
         """Tell the line writer that the journal has new batches."""
@@ -235,9 +233,8 @@ class LineWriter:
             os.write(self._wake_fd, what)
         except BlockingIOError:  # the pipe is full of wakes: it will read the journal anyway
             if what == _FINISH:
-                os.set_blocking(self._wake_fd, True)
                 with contextlib.suppress(OSError):
-                    os.write(self._wake_fd, what)
+                    write_all(self._wake_fd, [what])  # waits for room
         except OSError:  # it is gone (killed); finish() reports it
             self._broken = True
 
@@ -323,9 +320,3 @@ def lock_lines(fd: int) -> None:
     """Wait until no line writer is writing to the results.jsonl open as `fd`, and keep
     others from writing until the file is closed (or unlocked)."""
     fcntl.flock(fd, fcntl.LOCK_EX)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

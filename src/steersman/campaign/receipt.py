@@ -4,8 +4,8 @@ A result arrives with its header as JSON already (its message's header). Between
 message and handing the Result to observers, the queues change only a few numbers in it: when
 the result was received and how long decoding took (:data:`RECEIPT_FIELDS`). The journal keeps
 the header as it came and those numbers (the *receipt*), which is all the agents' threads
-spend. The results.jsonl line is made later, off their threads, from the same bytes
-(:func:`trace_line`), so that it shows the result exactly as received.
+spend. The results.jsonl line is made later, by the line writer (see lines.py), from the same
+bytes (:func:`trace_line`), so that it shows the result exactly as received.
 """
 
 from __future__ import annotations
