@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from steersman.campaign import lines as lines_module
+from steersman.campaign.journal import Record
 from steersman.campaign.progress import Counters
 from steersman.campaign.rundir import RESULTS, RunDirectory
 from steersman.campaign.session import JournalState, Recording
@@ -173,3 +174,34 @@ def test_line_writer_stops_with_its_killed_thinker_and_the_next_rebuilds(
     resumed = Recording(RunDirectory(tmp_path, owner="test"), state, Counters())
     _close(resumed)
     assert [line["value"] for line in _lines(tmp_path)] == [i * i for i in range(200)]
+
+
+@pytest.mark.parametrize("method", ["pickle", "json"])
+@pytest.mark.parametrize("keep_inputs", [True, False])
+def test_line_from_the_record_flags_matches_the_line_from_the_header(
+        tmp_path: Path, keep_inputs: bool, method: str) -> None:
+    recording = _open(tmp_path)
+    request = Result(method="square", topic="sim", inputs=((3,), {"x": [1.5]}),
+                     keep_inputs=keep_inputs, serialization_method=method)
+    request.encode_inputs()
+    recording.request_sent(request, ("sim", 1))
+    request.timestamp.result_received = time.time()
+    request.set_result({"y": 9})
+    request.encode_value()
+    recording.result_received(request)
+    _close(recording)
+    state = JournalState.load(tmp_path / "journal.bin")
+    record = state.results[0]
+    flags = record.field_bytes(2)
+    assert (b"K" in flags) is keep_inputs and (b"J" in flags) is (method == "json")
+    older = Record(record.kind, record.time,  # as journals written before these flags
+                   [record.field_bytes(0), record.field_bytes(1), b"FS",
+                    *(record.field_bytes(i) for i in range(3, record.field_count))],
+                   record.frames)
+    inputs = state.requests[record.field(0)].frames
+    line = lines_module.line_of(record, inputs)
+    assert line == lines_module.line_of(older, inputs)
+    parsed = json.loads(line)
+    assert parsed["value"] == {"y": 9}
+    assert parsed["inputs"] == ([[3], {"x": [1.5]}] if keep_inputs else [[], {}])
+    assert _lines(tmp_path) == [parsed]

@@ -60,8 +60,9 @@ class RecordKind(IntEnum):
 
     SESSION = 1  # a thinker started on the run directory; field: JSON of pid, host, class
     REQUEST = 2  # fields: task_id, topic, method, [pool, slots] JSON, header JSON; frames: inputs
-    RESULT = 3  # fields: task_id, topic, flags ("F" final, "S" success), header JSON as
-    # received, receipt (see receipt.py); frames: the value
+    RESULT = 3  # fields: task_id, topic, flags ("F" final, "S" success, "K" keep_inputs,
+    # "P" or "J" its serialization: pickle or JSON; older journals have neither), header JSON
+    # as received, receipt (see receipt.py); frames: the value
     PROCESSED = 4  # result processors returned for these final results; field: task ids,
     # one a line
     RESENT = 5  # an unfinished request was sent again on resume; field: task_id

@@ -63,11 +63,16 @@ def line_of(record: Record, request_frames: Sequence[Frame] | None) -> bytes:
     """The results.jsonl line of a RESULT record, given the input frames of its request."""
     if record.field_count > LINE_FIELD:  # results with proxies: the thinker made the line
         return record.field_bytes(LINE_FIELD)
-    header = record.field_bytes(3)
-    about = pydantic_core.from_json(header)
-    inputs = request_frames if about.get("keep_inputs") else None
-    return trace_line(header, record.field_bytes(4), inputs, record.frames,
-                      SerializationMethod.parse(about["serialization_method"]))
+    header, flags = record.field_bytes(3), record.field_bytes(2)
+    if b"P" in flags or b"J" in flags:  # the flags tell what the line needs of the header
+        keep_inputs = b"K" in flags
+        method = SerializationMethod.JSON if b"J" in flags else SerializationMethod.PICKLE
+    else:  # a record of an older journal
+        about = pydantic_core.from_json(header)
+        keep_inputs = bool(about.get("keep_inputs"))
+        method = SerializationMethod.parse(about["serialization_method"])
+    return trace_line(header, record.field_bytes(4), request_frames if keep_inputs else None,
+                      record.frames, method)
 
 
 class _Follower:

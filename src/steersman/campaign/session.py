@@ -55,6 +55,7 @@ from steersman.exceptions import AgentError
 from steersman.models.result import Result, writable_frames
 from steersman.models.serialization import (
     Frame,
+    SerializationMethod,
     deserialize,
     deserialize_inputs,
 )
@@ -157,8 +158,13 @@ def decode_result(record: Record, request: Record | None) -> Result:
 
 #: Payload frames up to this size are copied when queued for the journal; larger ones are not.
 KEEP_AS_BYTES = 1 << 16
-#: The flags field of a RESULT record by (final, success).
-_FLAGS = {(True, True): b"FS", (True, False): b"F", (False, True): b"S", (False, False): b""}
+
+
+@functools.lru_cache(maxsize=32)
+def _flags(final: bool, success: bool, keep_inputs: bool, method: SerializationMethod) -> bytes:
+    """The flags field of a RESULT record (see :class:`RecordKind`)."""
+    return (b"F" * final + b"S" * success + b"K" * keep_inputs
+            + (b"J" if method is SerializationMethod.JSON else b"P"))
 
 
 @functools.lru_cache(maxsize=256)
@@ -247,8 +253,10 @@ class Recording:
         if frames is None and result.success:
             frames = result.encode_value()
         receipt = pack_receipt(result)
-        fields: tuple[bytes, ...] = (result.task_id.encode(), result.topic.encode(),
-                                     _FLAGS[final, bool(result.success)], header, receipt)
+        flags = _flags(final, bool(result.success), result.keep_inputs,
+                       result.serialization_method)
+        fields: tuple[bytes, ...] = (result.task_id.encode(), result.topic.encode(), flags,
+                                     header, receipt)
         if result.proxystore_name is not None:
             fields += (trace_line(header, receipt, Decoded(result.inputs),
                                   Decoded(result.value), result.serialization_method),)
