@@ -253,7 +253,7 @@ class Recording:
         if frames is None and result.success:
             frames = result.encode_value()
         receipt = pack_receipt(result)
-        flags = _flags(final, bool(result.success), result.keep_inputs,
+        flags = _flags(final, bool(result.success), bool(result.keep_inputs),
                        result.serialization_method)
         fields: tuple[bytes, ...] = (result.task_id.encode(), result.topic.encode(), flags,
                                      header, receipt)
