@@ -20,7 +20,7 @@ import pytest
 from steersman.campaign import lines as lines_module
 from steersman.campaign.journal import Record
 from steersman.campaign.progress import Counters
-from steersman.campaign.rundir import RESULTS, RunDirectory
+from steersman.campaign.rundir import JOURNAL, RESULTS, RunDirectory
 from steersman.campaign.session import JournalState, Recording
 from steersman.models.result import Result
 
@@ -169,7 +169,7 @@ def test_line_writer_stops_with_its_killed_thinker_and_the_next_rebuilds(
     while not _gone(child) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _gone(child)
-    state = JournalState.load(tmp_path / "journal.bin")
+    state = JournalState.load(tmp_path / JOURNAL)
     assert len(state.results) == 200
     resumed = Recording(RunDirectory(tmp_path, owner="test"), state, Counters())
     _close(resumed)
@@ -190,7 +190,7 @@ def test_line_from_the_record_flags_matches_the_line_from_the_header(
     request.encode_value()
     recording.result_received(request)
     _close(recording)
-    state = JournalState.load(tmp_path / "journal.bin")
+    state = JournalState.load(tmp_path / JOURNAL)
     record = state.results[0]
     flags = record.field_bytes(2)
     assert (b"K" in flags) is keep_inputs and (b"J" in flags) is (method == "json")
