@@ -1,11 +1,11 @@
 """The event journal of a run: an append-only log of every request sent and result received.
 
-Why a log and not a database: appending is copying bytes into a shared memory map of the file
-(see logfile.py), so a record is in the kernel's page cache, safe from a kill of the thinker's
-process (SIGKILL), as soon as the copy returns, without a system call on the agents' threads; a
-background thread ``fdatasync``-s the file in batches so that records also survive a machine
-crash, at most one batch late. Payloads are stored as the raw bytes of their serialized frames:
-never hex or base64.
+Why a log and not a database: a record is written with one ``pwritev()`` of its bytes at the
+end of the file, so it is in the kernel's page cache, safe from a kill of the thinker's process
+(SIGKILL), as soon as the call returns; a background thread writes the records queued by the
+agents' threads in large batches and ``fdatasync``-s the file, so that records also survive a
+machine crash, at most one batch late. Payloads are stored as the raw bytes of their serialized
+frames: never hex or base64.
 
 Records are written in *batches*, each a length, a CRC-32 and a body::
 
@@ -19,9 +19,10 @@ building it field by field in Python cost the agents' threads more than anything
 journal does.
 
 A batch cut short by a kill (or a bad CRC) ends the readable journal; the writer truncates the
-file there before appending, so later batches are never hidden behind a torn one. The file is
-extended ahead of its batches and zero-filled: a zero size also ends the journal, and a batch's
-size is written after its body, so a batch shows only once it is whole.
+file there before appending, so later batches are never hidden behind a torn one. Readers of a
+live journal see whole batches and, at the end, at most a batch still being written, which
+they treat as not there yet. (Journals written by earlier versions may end in zeros, space
+reserved ahead: a zero size also ends the journal.)
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from pathlib import Path
 from time import time
 from typing import Any, cast
 
-from steersman.campaign.logfile import AppendLog, MappedLog, open_log
 from steersman.models.serialization import Frame
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,10 @@ _META_SIZE = struct.Struct("<I")
 _MARSHAL_VERSION = 2  # binary floats, and no back-references: their table costs more than it saves
 #: Upper bound of the interval between two fsyncs of a busy journal (seconds).
 SYNC_INTERVAL = 0.2
-#: After each sync, pages are faulted in for what the last interval wrote, within these bounds.
-PREPARE_BOUNDS = (64 << 10, 2 << 20)
+#: Records encoded into one batch at most: the allocator reuses the memory of small batches,
+#: where the meta of a large one is fresh memory, page faults included, every time.
+BATCH_RECORDS = 256
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
 
 
 class RecordKind(IntEnum):
@@ -133,13 +135,13 @@ def _encode_with_buffers(entries: Sequence[_Entry]) -> tuple[bytes, list[Frame],
 
 
 def _encode_parts(meta: bytes, buffers: Sequence[Frame]) -> tuple[bytes, list[Frame], int]:
-    head = _META_SIZE.pack(len(meta)) + meta
-    crc = zlib.crc32(head)
-    size = len(head)
+    meta_size = _META_SIZE.pack(len(meta))  # a part of its own: a batch's meta may be large
+    crc = zlib.crc32(meta, zlib.crc32(meta_size))
+    size = len(meta_size) + len(meta)
     for buffer in buffers:
         crc = zlib.crc32(buffer, crc)
         size += memoryview(buffer).nbytes
-    return _PREFIX.pack(size, crc), [head, *buffers], _PREFIX.size + size
+    return _PREFIX.pack(size, crc), [meta_size, meta, *buffers], _PREFIX.size + size
 
 
 def encode_record(kind: RecordKind, fields: Sequence[bytes], frames: Sequence[Frame] = (),
@@ -237,7 +239,7 @@ class JournalWriter:
 
     :meth:`append` writes a record at once: it survives a kill of this process as soon as the
     call returns. :meth:`enqueue` only queues one: queued records go out, in the order queued,
-    in the same batch as the next record appended (so none is ever written after a record
+    in the same write as the next record appended (so none is ever written after a record
     appended after it) or at the next sync, whichever comes first. :meth:`defer` keeps a
     record whose loss is harmless for the next sync.
 
@@ -245,16 +247,13 @@ class JournalWriter:
         path: The journal file; created if missing.
         valid_end: Where whole batches end (from :func:`read_journal`); the file is cut there.
             Found by reading the file when not given.
-        mapped: Copy into a memory map of the file (see logfile.py); False, or a file that
-            cannot be mapped, writes with ``pwrite()``.
     """
 
-    def __init__(self, path: Path, valid_end: int | None = None, mapped: bool = True):
+    def __init__(self, path: Path, valid_end: int | None = None):
         self.path = path
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            self._log: MappedLog | AppendLog = open_log(fd, _start(fd, path, valid_end), mapped)
-            self._log.prepare(PREPARE_BOUNDS[0])
+            self._end = _start(fd, path, valid_end)
         except BaseException:
             os.close(fd)
             raise
@@ -273,24 +272,16 @@ class JournalWriter:
     @property
     def end(self) -> int:
         """Where the next batch goes in the file."""
-        return self._log.end
-
-    @property
-    def mapped(self) -> bool:
-        """Whether records are copied into a memory map of the file."""
-        return isinstance(self._log, MappedLog)
+        return self._end
 
     def append(self, kind: RecordKind, fields: Sequence[bytes | memoryview],
                frames: Sequence[Frame] = (), when: float | None = None) -> None:
         """Write one record (text fields as UTF-8) now, after the queued ones."""
         entry = (_CODES[kind], time() if when is None else when, fields, frames)
         with self._lock:
-            if self._queue:
-                entries = self._take_queued()
-                entries.append(entry)
-            else:
-                entries = [entry]
-            self._log.write(*encode_batch(entries))
+            entries = self._take_queued()
+            entries.append(entry)
+            self._write(entries)
         if not self._dirty.is_set():
             self._dirty.set()
 
@@ -318,11 +309,24 @@ class JournalWriter:
             entries += [(_CODES[kind], when, ["\n".join(texts).encode()], ())
                         for kind, texts in merged.items()]
             if entries:
-                self._log.write(*encode_batch(entries))
+                self._write(entries)
 
     def _take_queued(self) -> list[_Entry]:
         queue = self._queue
         return [queue.popleft() for _ in range(len(queue))]
+
+    def _write(self, entries: list[_Entry]) -> None:
+        """Write `entries` at the end, in batches of at most :data:`BATCH_RECORDS` (called
+        with the lock held)."""
+        parts: list[Frame] = []
+        size = 0
+        for first in range(0, len(entries), BATCH_RECORDS):
+            prefix, body, whole = encode_batch(entries[first : first + BATCH_RECORDS])
+            parts.append(prefix)
+            parts += body
+            size += whole
+        _write_at(self._fd, parts, size, self._end)
+        self._end += size
 
     def add_sync_hook(self, hook: Callable[[], None]) -> None:
         """Call `hook()` after the queued records are written, at each batched sync and at
@@ -343,8 +347,7 @@ class JournalWriter:
         self._syncer.join()
         self._write_all()
         with self._lock:
-            self._log.close()
-            os.ftruncate(self._fd, self._log.end)
+            os.ftruncate(self._fd, self._end)  # past the end: only what a failed write left
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
@@ -358,7 +361,6 @@ class JournalWriter:
                 logger.exception("journal sync hook %r failed", hook)
 
     def _sync_loop(self) -> None:
-        synced_end = 0
         while not self._closing.is_set():
             self._dirty.wait()
             self._dirty.clear()
@@ -366,16 +368,30 @@ class JournalWriter:
                 return
             try:
                 self._write_all()
-                os.fdatasync(self._fd)  # mapped pages too: the kernel tracks them as dirty
-                with self._lock:
-                    end = self._log.end
-                    low, high = PREPARE_BOUNDS
-                    self._log.prepare(min(high, max(low, end - synced_end)))
-                synced_end = end
+                os.fdatasync(self._fd)
             except OSError as exc:  # the file was closed under us, or the disk failed
                 logger.error("cannot sync the journal %s: %s", self.path, exc)
                 return
             self._closing.wait(SYNC_INTERVAL)  # batch: at most one sync per interval
+
+
+def _write_at(fd: int, parts: Sequence[Frame], size: int, offset: int) -> None:
+    """Write `parts`, `size` bytes in all, at `offset` of the file (the kernel releases the
+    interpreter's lock meanwhile)."""
+    if len(parts) > _IOV_MAX:  # thousands of out-of-band buffers: in groups
+        for first in range(0, len(parts), _IOV_MAX):
+            group = parts[first : first + _IOV_MAX]
+            group_size = sum(memoryview(part).nbytes for part in group)
+            _write_at(fd, group, group_size, offset)
+            offset += group_size
+        return
+    written = os.pwritev(fd, parts, offset)
+    if written < size:  # cut short (a signal, say): the rest as one buffer
+        rest = memoryview(b"".join(parts))[written:]
+        while rest:
+            done = os.pwrite(fd, rest, offset + written)
+            written += done
+            rest = rest[done:]
 
 
 def _start(fd: int, path: Path, valid_end: int | None) -> int:
