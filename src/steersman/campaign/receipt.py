@@ -32,7 +32,7 @@ _dump_result = Result.__pydantic_serializer__.to_json  # bytes, without model_du
 _TIMESTAMP = b',"timestamp":'
 
 
-def received_header(result: Result) -> bytes | memoryview:
+def received_header(result: Result) -> bytes:
     """The header of a Result as its message brought it (dumped if it has none)."""
     wire = result.wire_header
     return wire if wire is not None else _dump_result(result)

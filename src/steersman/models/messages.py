@@ -198,10 +198,11 @@ def decode(data: Frame, *, key: bytes | None = None, routing_only: bool = False)
     for length in lengths:
         frames.append(view[offset : offset + length])
         offset += length
-    result = _parse_header(header) if header_len else None
+    raw = header.tobytes()  # kept as the wire header: one copy, whatever becomes of `data`
+    result = _parse_header(raw) if header_len else None
     if result is not None:
         result.attach_frames(frames[:n_in], frames[n_in:])
-        result.note_wire_header(header)
+        result.note_wire_header(raw)
     elif kind is not Kind.KILL:
         raise MessageError(f"a {kind.name} message must carry a header")
     return Message(kind, flags, result, data)
@@ -244,9 +245,9 @@ def _unpack_prefix(data: Frame) -> tuple[bytes, int, int, int, int, int, int, in
     return fields
 
 
-def _parse_header(header: memoryview) -> Result:
+def _parse_header(header: bytes) -> Result:
     try:
-        return Result.model_validate_json(header.tobytes())
+        return Result.model_validate_json(header)
     except (ValidationError, ValueError) as exc:
         raise MessageError(f"message header is not a valid Result: {exc}") from None
 

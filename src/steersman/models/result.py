@@ -132,7 +132,7 @@ class Result(BaseModel):
     if TYPE_CHECKING:  # for type checkers only: pydantic would make them private attributes
         _input_frames: list[Frame] | None
         _value_frames: list[Frame] | None
-        _wire_header: bytes | memoryview | None
+        _wire_header: bytes | None
 
     task_id: str = Field(default_factory=_new_task_id)
     method: str | None = None
@@ -283,7 +283,7 @@ class Result(BaseModel):
         return self._value_frames
 
     @property
-    def wire_header(self) -> bytes | memoryview | None:
+    def wire_header(self) -> bytes | None:
         """The JSON header of the last message this Result was encoded into or decoded from.
 
         The journal records it instead of dumping the Result again. It is stale once the
@@ -292,7 +292,7 @@ class Result(BaseModel):
         """
         return self._wire_header
 
-    def note_wire_header(self, header: bytes | memoryview | None) -> None:
+    def note_wire_header(self, header: bytes | None) -> None:
         """Remember the header of the message just encoded or decoded (see
         :attr:`wire_header`)."""
         _set(self, "_wire_header", header)
