@@ -1,14 +1,17 @@
-"""Over Redis, a result is in the journal before the thinker acknowledges it to Redis."""
+"""Over Redis, a request is in the journal before it leaves and a result before the thinker
+acknowledges it to Redis; over pipes, which die with the thinker, requests wait for the batch."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from tests.conftest import echo_server
 
 from steersman.campaign import QueueRecorder, journal
 from steersman.campaign.journal import RecordKind, read_journal
 from steersman.campaign.rundir import JOURNAL
+from steersman.queue.pipe import PipeQueues
 from steersman.queue.redis import make_queue_pairs
 
 
@@ -32,3 +35,27 @@ def test_results_are_journaled_before_redis_forgets_them(redis_server: Any, tmp_
         client.send_kill_signal()
         server.join(5)
         client.purge()
+
+
+def _requests(run_dir: Any) -> list[str]:
+    return [record.field(0) for record in read_journal(run_dir / JOURNAL)[0]
+            if record.kind is RecordKind.REQUEST]
+
+
+@pytest.mark.parametrize("backend", ["pipe", "redis"])
+def test_requests_wait_for_the_batch_only_where_they_die_with_the_thinker(
+        backend: str, redis_server: Any, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(journal.JournalWriter, "_sync_loop", lambda self: None)  # no batches
+    if backend == "pipe":
+        queues: Any = PipeQueues()  # no server: the pipe holds the request
+    else:
+        queues = make_queue_pairs(redis_server.host, redis_server.port)[0]
+    assert queues.requests_outlive_client is (backend == "redis")
+    try:
+        with QueueRecorder(queues, tmp_path / "run") as recorder:
+            task_id = queues.send_inputs(7, method="echo")
+            assert _requests(recorder.run_dir) == ([task_id] if backend == "redis" else [])
+        assert _requests(tmp_path / "run") == [task_id]  # written when the recording closed
+    finally:
+        if backend == "redis":
+            queues.purge()

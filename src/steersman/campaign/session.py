@@ -2,8 +2,9 @@
 
 A :class:`Campaign` is attached to a thinker by ``BaseThinker.__init__`` (``run_dir=`` or a
 progress display) and driven by ``BaseThinker.run``: :meth:`Campaign.begin` before the agents
-start, :meth:`Campaign.end` after they stop. In between it observes the queues: every request is
-journaled before it leaves, and every result before any request sent after it.
+start, :meth:`Campaign.end` after they stop. In between it observes the queues: every request and
+result is journaled in the order seen, a request before it leaves where it may outlive the
+thinker (see :meth:`Recording.request_sent`).
 
 Resume, when the thinker starts on a run directory that holds a journal:
 
@@ -160,11 +161,13 @@ def decode_result(record: Record, request: Record | None) -> Result:
 KEEP_AS_BYTES = 1 << 16
 
 
-@functools.lru_cache(maxsize=32)
-def _flags(final: bool, success: bool, keep_inputs: bool, method: SerializationMethod) -> bytes:
+def _flags(final: bool, success: bool, keep_inputs: bool, json: bool) -> bytes:
     """The flags field of a RESULT record (see :class:`RecordKind`)."""
-    return (b"F" * final + b"S" * success + b"K" * keep_inputs
-            + (b"J" if method is SerializationMethod.JSON else b"P"))
+    return b"F" * final + b"S" * success + b"K" * keep_inputs + (b"J" if json else b"P")
+
+
+#: Every flags field, indexed by final + 2 success + 4 keep_inputs + 8 json.
+_FLAGS = tuple(_flags(*(bool(index >> bit & 1) for bit in range(4))) for index in range(16))
 
 
 @functools.lru_cache(maxsize=256)
@@ -187,6 +190,7 @@ class Recording:
         self.state = state
         self.counters = counters
         self.queues = queues
+        self._write_requests_now = queues is None or queues.requests_outlive_client
         self.finished: set[str] = set(state.finals)
         self._lock = threading.Lock()
         self._displays: list[Display] = []
@@ -202,36 +206,44 @@ class Recording:
         self.journal.add_sync_hook(self.lines.wake)
 
     def request_sent(self, result: Result, slots: Slots | None = None) -> None:
-        """Journal a request before it leaves (with the header it leaves with), and with it
-        the results queued before it, which may have led to it."""
-        sent = result.wire_header
-        header = bytes(sent) if sent is not None else result.model_dump_json().encode()
-        self.journal.append(RecordKind.REQUEST, [result.task_id.encode(), result.topic.encode(),
-                                                 (result.method or "").encode(),
-                                                 _slots_field(slots), header],
-                            result.input_frames or ())
+        """Journal a request (with the header it leaves with) after the results queued
+        before it, which may have led to it.
+
+        A request that may outlive this process (see ``requests_outlive_client``) is written
+        before it leaves: its result may reach the next thinker, which must know it. Any other
+        is queued like a result: a kill before the next sync loses it with its task, and the
+        resumed thinker sends it again as a new request.
+        """
+        header = result.wire_header
+        if header is None:
+            header = result.model_dump_json().encode()
+        fields = (result.task_id.encode(), result.topic.encode(), (result.method or "").encode(),
+                  _slots_field(slots), header)  # a tuple of bytes: the collector drops it
+        if self._write_requests_now:
+            self.journal.append(RecordKind.REQUEST, fields, result.input_frames or ())
+        else:  # the frames are kept as the results' are: arrays may change after sending
+            self.journal.enqueue(RecordKind.REQUEST, fields, _kept(result.input_frames))
         if self._displays:  # counts are for displays only
             self.counters.sent(result.topic)
 
     def result_received(self, result: Result) -> bool:
         """Queue a result's record; False if it is a duplicate.
 
-        The record goes out with the next request sent (by any agent: that request may have
-        been made because of this result) or at the next sync: no request outlives, in the
-        journal, a result received before it. Lost to a kill before then, the result is not
-        replayed and its request (at most one per slot) is resent.
+        The record goes out, in the order queued, with the next request written (by any agent:
+        that request may have been made because of this result) or at the next sync: no
+        request outlives, in the journal, a result received before it. Lost to a kill before
+        then, the result is not replayed and its request (at most one per slot) is resent.
         """
         final = result.complete is not False
-        topic = result.topic
+        task_id, topic = result.task_id, result.topic
         with self._lock:
-            duplicate = result.task_id in self.finished
+            duplicate = task_id in self.finished
             if not duplicate:
                 if final:
-                    self.finished.add(result.task_id)
+                    self.finished.add(task_id)
                 self._queue_result(result, final)
         if duplicate:
-            logger.warning("dropped a duplicate result of task %s (topic %s)", result.task_id,
-                           topic)
+            logger.warning("dropped a duplicate result of task %s (topic %s)", task_id, topic)
             self.counters.duplicate(topic)
             return False
         if self._displays:  # counts are for displays only
@@ -248,19 +260,21 @@ class Recording:
         a result that carried proxies: only this process saw what they resolved to, so its
         line is made here and goes in the record.
         """
-        header = bytes(received_header(result))
+        header = received_header(result)
+        success = result.success
         frames = result.value_frames
-        if frames is None and result.success:
+        if frames is None and success:
             frames = result.encode_value()
         receipt = pack_receipt(result)
-        flags = _flags(final, bool(result.success), bool(result.keep_inputs),
-                       result.serialization_method)
+        method = result.serialization_method
+        flags = _FLAGS[final + 2 * bool(success) + 4 * bool(result.keep_inputs)
+                       + 8 * (method is SerializationMethod.JSON)]
         fields: tuple[bytes, ...] = (result.task_id.encode(), result.topic.encode(), flags,
                                      header, receipt)
         if result.proxystore_name is not None:
             fields += (trace_line(header, receipt, Decoded(result.inputs),
-                                  Decoded(result.value), result.serialization_method),)
-        self.journal.enqueue(RecordKind.RESULT, fields, _frames(_kept(frames)),
+                                  Decoded(result.value), method),)
+        self.journal.enqueue(RecordKind.RESULT, fields, _kept(frames),
                              result.timestamp.result_received)
 
     def close(self, outcome: dict[str, Any] | None) -> None:
@@ -305,21 +319,17 @@ class Recording:
                             path)
 
 
-def _kept(frames: Sequence[Frame] | None) -> bytes | list[Frame] | None:
-    """Payload frames to keep after their Result: a small single frame as bytes, else the
-    frames with copies of their out-of-band buffers (arrays decoded from those share their
-    memory, and a processor may change them before the frames are written)."""
+def _kept(frames: Sequence[Frame] | None) -> tuple[Frame, ...]:
+    """Payload frames to keep after their Result, as a tuple (the collector drops tuples of
+    bytes): a small single frame as bytes, else the frames with copies of their out-of-band
+    buffers (arrays decoded from those share their memory, and a processor, or the thinker
+    after sending, may change them before the frames are written)."""
     if not frames:
-        return None
+        return ()
     if len(frames) == 1:  # the serialized stream: bytes, or a view of them
         frame = frames[0]
-        return bytes(frame) if len(frame) <= KEEP_AS_BYTES else [frame]
-    return [frames[0], *map(bytes, frames[1:])]
-
-
-def _frames(payload: bytes | list[Frame] | None) -> Sequence[Frame]:
-    """The frames of a payload kept by :func:`_kept`."""
-    return (payload,) if isinstance(payload, bytes) else payload or ()
+        return (bytes(frame) if len(frame) <= KEEP_AS_BYTES else frame,)
+    return (frames[0], *map(bytes, frames[1:]))
 
 
 def _unfinished_inputs(state: JournalState) -> dict[str, list[bytes]]:

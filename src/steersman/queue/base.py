@@ -70,6 +70,11 @@ class BaseQueues(ABC):
             every topic, or a dict per topic.
     """
 
+    #: Whether a request sent may outlive this process: held by a service (Redis), it can
+    #: still run, and its result reach the next thinker. A journal writes such a request
+    #: before it leaves; a request that dies with the process can wait for the next batch.
+    requests_outlive_client = True
+
     def __init__(
         self,
         topics: Iterable[str] = (),

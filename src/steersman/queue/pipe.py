@@ -215,6 +215,8 @@ class PipeQueues(BaseQueues):
         proxystore_threshold: Size in bytes above which values are proxied, likewise.
     """
 
+    requests_outlive_client = False  # no later thinker can reach these pipes or their server
+
     def __init__(
         self,
         topics: Iterable[str] = (),
