@@ -59,3 +59,23 @@ def test_requests_wait_for_the_batch_only_where_they_die_with_the_thinker(
     finally:
         if backend == "redis":
             queues.purge()
+
+
+def test_a_request_with_arrays_is_written_before_it_leaves_even_over_pipes(
+        tmp_path, monkeypatch) -> None:
+    """Written at once, its out-of-band buffers are copied once, into the journal; an array
+    changed after sending does not change the record."""
+    import numpy as np
+    monkeypatch.setattr(journal.JournalWriter, "_sync_loop", lambda self: None)  # no batches
+    queues = PipeQueues()
+    values = np.arange(100_000, dtype=float)
+    with QueueRecorder(queues, tmp_path / "run") as recorder:
+        small = queues.send_inputs(7, method="echo")
+        large = queues.send_inputs(values, method="echo")
+        values[:] = -1
+        assert _requests(recorder.run_dir) == [small, large]  # the small one went first
+        (record,) = [r for r in read_journal(recorder.run_dir / JOURNAL)[0]
+                     if r.field(0) == large]
+        assert len(record.frames) > 1  # the array out of band
+        assert bytes(record.frames[1]) == np.arange(100_000, dtype=float).tobytes()
+    queues.send_kill_signal()

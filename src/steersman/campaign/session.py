@@ -212,17 +212,19 @@ class Recording:
         A request that may outlive this process (see ``requests_outlive_client``) is written
         before it leaves: its result may reach the next thinker, which must know it. Any other
         is queued like a result: a kill before the next sync loses it with its task, and the
-        resumed thinker sends it again as a new request.
+        resumed thinker sends it again as a new request. Except one with out-of-band buffers
+        (arrays): written at once, it is copied once, and its memory is not held until then.
         """
         header = result.wire_header
         if header is None:
             header = result.model_dump_json().encode()
         fields = (result.task_id.encode(), result.topic.encode(), (result.method or "").encode(),
                   _slots_field(slots), header)  # a tuple of bytes: the collector drops it
-        if self._write_requests_now:
-            self.journal.append(RecordKind.REQUEST, fields, result.input_frames or ())
-        else:  # the frames are kept as the results' are: arrays may change after sending
-            self.journal.enqueue(RecordKind.REQUEST, fields, _kept(result.input_frames))
+        frames = result.input_frames or ()
+        if self._write_requests_now or len(frames) > 1:
+            self.journal.append(RecordKind.REQUEST, fields, frames)
+        else:
+            self.journal.enqueue(RecordKind.REQUEST, fields, _kept(frames))
         if self._displays:  # counts are for displays only
             self.counters.sent(result.topic)
 
