@@ -54,7 +54,10 @@ SYNC_INTERVAL = 0.2
 #: Records encoded into one batch at most: the allocator reuses the memory of small batches,
 #: where the meta of a large one is fresh memory, page faults included, every time.
 BATCH_RECORDS = 256
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+try:  # parts one pwritev() takes
+    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
+except (AttributeError, ValueError, OSError):  # not told: the least POSIX allows
+    _IOV_MAX = 16
 
 
 class RecordKind(IntEnum):
