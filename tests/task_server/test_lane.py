@@ -46,7 +46,17 @@ def fail(message):
     raise ValueError(message)
 
 
-METHODS = [square, size_of, blob, report_pid, fail, PythonGeneratorMethod(stream)]
+def meet(directory, count):
+    """Wait (up to 5 s) until `count` tasks have started; return the worker pids seen."""
+    with open(os.path.join(directory, str(os.getpid())), "w"):
+        pass
+    deadline = time.monotonic() + 5
+    while len(os.listdir(directory)) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return sorted(os.listdir(directory))
+
+
+METHODS = [square, size_of, blob, report_pid, fail, meet, PythonGeneratorMethod(stream)]
 
 
 @pytest.fixture
@@ -179,6 +189,36 @@ def test_lane_tasks_sent_before_the_kill_signal_all_finish():
     assert server.exitcode == 0
     assert values == [i * i for i in range(500)]
     queues.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("waiting", ["exclusive where the kernel has it", "plain poll"])
+def test_lane_requests_sent_at_once_wake_every_idle_worker(tmp_path, monkeypatch, waiting):
+    """A lane request wakes one waiting worker, not all: requests sent together must still
+    reach every idle worker together, not wait for the first one woken."""
+    if waiting == "plain poll":  # the workers are forked: they see the change
+        monkeypatch.setattr("steersman.task_server.local._EXCLUSIVE_WAKE_UPS", False)
+    workers, rounds = 3, 3
+    queues = PipeQueues()
+    server = LocalTaskServer(queues, METHODS, threads=False, num_workers=workers)
+    server.start()
+    try:
+        queues.send_inputs(1, method="square")  # the workers are up once a task came back
+        assert queues.get_result(timeout=20).value == 1
+        for round_ in range(rounds):
+            directory = tmp_path / str(round_)
+            directory.mkdir()
+            for _ in range(workers):
+                queues.send_inputs(str(directory), workers, method="meet")
+            seen = [queues.get_result(timeout=20) for _ in range(workers)]
+            assert all(result.success for result in seen), seen
+            assert all(len(result.value) == workers for result in seen), (
+                "the tasks did not all run at once:", [result.value for result in seen])
+    finally:
+        queues.send_kill_signal()
+        server.join(20)
+        queues.close()
+    assert server.exitcode == 0
 
 
 @pytest.mark.timeout(120)
