@@ -164,6 +164,19 @@ def test_message_large_numbers_of_frames_and_nan_inputs():
     assert decoded.decode_inputs()[0][0] == math.inf
 
 
+@pytest.mark.parametrize("n_arrays", [1, 6, 12])
+def test_messages_with_many_out_of_band_frames_round_trip(n_arrays):
+    """Each large array is a frame of its own: from one to more than the few whose layout
+    is made ahead."""
+    arrays = tuple(np.full(100_000, i, dtype=np.float64) for i in range(n_arrays))
+    request = Result(method="f", inputs=(arrays, {}))
+    request.encode_inputs()
+    parts = encode(Kind.REQUEST, request)
+    assert len(parts) == 2 + n_arrays  # prefix and header, the pickle stream, the arrays
+    decoded = decode(join(parts)).result
+    assert [float(a[0]) for a in decoded.decode_inputs()[0]] == list(map(float, range(n_arrays)))
+
+
 def test_task_ids_are_unique_within_a_process_and_across_a_fork():
     ids = {Result().task_id for _ in range(1000)}
     assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)

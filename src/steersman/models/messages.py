@@ -53,6 +53,12 @@ class Flags(IntFlag):
 _KINDS = {kind.value: kind for kind in Kind}
 _FAILED, _SIGNED, _INTERMEDIATE = Flags.FAILED.value, Flags.SIGNED.value, Flags.INTERMEDIATE.value
 _FLAGS = {bits: Flags(bits) for bits in range(2 * max(Flags))}
+_FEW_LENGTHS = [struct.Struct(f"<{n}Q") for n in range(8)]  # a message has a frame or two
+
+
+def _lengths(n_frames: int) -> struct.Struct:
+    """The layout of `n_frames` frame lengths."""
+    return _FEW_LENGTHS[n_frames] if n_frames < 8 else struct.Struct(f"<{n_frames}Q")
 
 
 class Routing(BaseModel):
@@ -149,20 +155,21 @@ def encode(
     lengths = [memoryview(f).nbytes for f in frames]
     prefix = _PREFIX.pack(MAGIC, VERSION, kind.value, flags, 0, len(inputs), len(value),
                           len(header))
-    head = prefix + struct.pack(f"<{len(lengths)}Q", *lengths) + header
+    head = b"".join((prefix, _lengths(len(lengths)).pack(*lengths), header))
     parts: list[Frame] = [head, *frames]
     if key is not None:
         parts.append(_digest(key, parts))
     return parts
 
 
-def peek(data: Frame) -> tuple[Kind, Flags]:
-    """Read only the kind and flags, for routing without decoding the header."""
+def peek(data: Frame) -> tuple[Kind, int]:
+    """Read only the kind and the flag bits (test them with ``bits & Flags.FAILED``, say: on a
+    plain int that is a C operation, on a Flags an enum call), for routing without decoding
+    the header."""
     magic, version, kind, flags, *_ = _unpack_prefix(data)
-    try:
-        return _KINDS[kind], _FLAGS[flags]
-    except KeyError:
-        raise ValueError(f"unknown message kind {kind} or flags {flags}") from None
+    if kind not in _KINDS or flags not in _FLAGS:
+        raise ValueError(f"unknown message kind {kind} or flags {flags}")
+    return _KINDS[kind], flags
 
 
 def decode(data: Frame, *, key: bytes | None = None, routing_only: bool = False) -> Message:
@@ -177,15 +184,15 @@ def decode(data: Frame, *, key: bytes | None = None, routing_only: bool = False)
     if kind is None or flags is None:
         raise MessageError(f"unknown message kind {kind_code} or flags {flag_bits}")
     if key is not None:
-        view = _verify(view, key, flags)
-    elif flags & Flags.SIGNED:
+        view = _verify(view, key, flag_bits)
+    elif flag_bits & _SIGNED:
         view = view[:-_DIGEST_SIZE]
     offset = _PREFIX.size
     n_frames = n_in + n_val
     end_lengths = offset + 8 * n_frames
     if end_lengths + header_len > len(view):
         raise MessageError(f"message truncated: {len(view)} bytes, header ends past the end")
-    lengths = struct.unpack_from(f"<{n_frames}Q", view, offset)
+    lengths = _lengths(n_frames).unpack_from(view, offset)
     header = view[end_lengths : end_lengths + header_len]
     offset = end_lengths + header_len
     if offset + sum(lengths) != len(view):
@@ -225,7 +232,7 @@ def message_size(data: Frame) -> int:
     _, _, _, flags, _, n_inputs, n_values, header_len = _unpack_prefix(view)
     n_frames = n_inputs + n_values
     start = _PREFIX.size + 8 * n_frames
-    lengths = struct.unpack_from(f"<{n_frames}Q", view, _PREFIX.size)
+    lengths = _lengths(n_frames).unpack_from(view, _PREFIX.size)
     return start + header_len + sum(lengths) + (_DIGEST_SIZE if flags & _SIGNED else 0)
 
 
@@ -266,8 +273,8 @@ def _digest(key: bytes, parts: Sequence[Frame]) -> bytes:
     return mac.digest()
 
 
-def _verify(view: memoryview, key: bytes, flags: Flags) -> memoryview:
-    if not flags & Flags.SIGNED or len(view) < _PREFIX.size + _DIGEST_SIZE:
+def _verify(view: memoryview, key: bytes, flags: int) -> memoryview:
+    if not flags & _SIGNED or len(view) < _PREFIX.size + _DIGEST_SIZE:
         raise MessageError("message is not signed, and this queue requires signed messages")
     body, signature = view[:-_DIGEST_SIZE], view[-_DIGEST_SIZE:]
     if not hmac.compare_digest(_digest(key, [body]), signature):
