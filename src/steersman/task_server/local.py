@@ -415,9 +415,19 @@ class _Inbound:
 
     def __init__(self, requests: PipeChannel, lane: socket.socket, slot: LaneSlot):
         self.requests, self.lane, self.slot = requests, lane, slot
-        self._poller = _Poller()
-        self._poller.register(requests.reader_fd, exclusive=False)
-        self._poller.register(lane.fileno(), exclusive=True)
+        # Every idle worker waits on the lane. With plain poll each lane request would wake
+        # them all (one receives it, the others sleep again; on a virtual machine each wake-up
+        # of an idle CPU costs tens of microseconds). EPOLLEXCLUSIVE wakes one per request;
+        # since Linux 5.7 a woken waiter no longer counts as waiting, so a burst wakes as many.
+        self._poller: select.epoll | select.poll
+        if _EXCLUSIVE_WAKE_UPS:
+            self._poller = select.epoll()
+            self._poller.register(requests.reader_fd, select.EPOLLIN)
+            self._poller.register(lane, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        else:
+            self._poller = select.poll()
+            self._poller.register(requests.reader_fd, select.POLLIN)
+            self._poller.register(lane, select.POLLIN)
         self._lane_open = self._server_open = True
 
     def next(self) -> PipeChannel | bytes | None:
@@ -438,47 +448,15 @@ class _Inbound:
                         return request
                 except EOFError:
                     self._lane_open = False
-                    self._poller.unregister(self.lane.fileno())
+                    self._poller.unregister(self.lane)
             if not self._server_open:
                 return None
             ready = self._ready(None)
 
     def _ready(self, timeout: int | None) -> set[int]:
-        return self._poller.ready(timeout)
-
-
-class _Poller:
-    """Waits for any of a worker's inputs to be readable.
-
-    Every worker waits on the lane: with plain ``poll`` each lane request would wake them all
-    (one receives it, the others go back to sleep, and on a virtual machine each wake-up of an
-    idle CPU costs tens of microseconds). Where the kernel offers it, the lane is watched with
-    ``EPOLLEXCLUSIVE``, which wakes one waiting worker per request; since Linux 5.7 a worker
-    woken is no longer counted as waiting, so a burst of requests wakes as many workers.
-    """
-
-    def __init__(self) -> None:
-        self._epoll = select.epoll() if _EXCLUSIVE_WAKE_UPS else None
-        self._poll = None if self._epoll else select.poll()
-
-    def register(self, fd: int, exclusive: bool) -> None:
-        if self._epoll is not None:
-            self._epoll.register(fd, select.EPOLLIN | (select.EPOLLEXCLUSIVE if exclusive else 0))
-        else:
-            assert self._poll is not None
-            self._poll.register(fd, select.POLLIN)
-
-    def unregister(self, fd: int) -> None:
-        (self._epoll or self._poll).unregister(fd)  # type: ignore[union-attr]
-
-    def ready(self, timeout: int | None) -> set[int]:
-        """The readable inputs, waiting up to `timeout` milliseconds (None: until one is)."""
-        if self._epoll is not None:
-            events = self._epoll.poll(-1 if timeout is None else timeout / 1000)
-        else:
-            assert self._poll is not None
-            events = self._poll.poll(timeout)
-        return {fd for fd, _ in events}
+        """The readable inputs; `timeout` is 0 (do not wait) or None (wait), which mean the
+        same to epoll (seconds) and poll (milliseconds)."""
+        return {fd for fd, _ in self._poller.poll(timeout)}
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:
