@@ -421,13 +421,11 @@ class _Inbound:
         # since Linux 5.7 a woken waiter no longer counts as waiting, so a burst wakes as many.
         self._poller: select.epoll | select.poll
         if _EXCLUSIVE_WAKE_UPS:
-            self._poller = select.epoll()
-            self._poller.register(requests.reader_fd, select.EPOLLIN)
-            self._poller.register(lane, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            self._poller, readable, alone = select.epoll(), select.EPOLLIN, select.EPOLLEXCLUSIVE
         else:
-            self._poller = select.poll()
-            self._poller.register(requests.reader_fd, select.POLLIN)
-            self._poller.register(lane, select.POLLIN)
+            self._poller, readable, alone = select.poll(), select.POLLIN, 0
+        self._poller.register(requests.reader_fd, readable)
+        self._poller.register(lane, readable | alone)
         self._lane_open = self._server_open = True
 
     def next(self) -> PipeChannel | bytes | None:
