@@ -3,11 +3,15 @@ records appended are in the file at once, queued ones before the next appended o
 
 from __future__ import annotations
 
+import gc
+import marshal
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from array import array
 from pathlib import Path
 
@@ -232,3 +236,53 @@ def test_a_journal_of_an_earlier_version_ending_in_zeros_is_read_and_cut(tmp_pat
     writer.close()
     assert _kinds(path) == [RecordKind.REQUEST, RecordKind.REQUEST, RecordKind.END]
     assert path.stat().st_size == read_journal(path)[1]
+
+
+def test_queued_records_leave_nothing_for_the_garbage_collector(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Records waiting for their batch hold no object the collector tracks: it has no reason to
+    run (and stop every thread) in a journaled campaign more than in one without a journal."""
+    monkeypatch.setattr(JournalWriter, "_sync_loop", lambda self: None)  # all stay queued
+    writer = JournalWriter(tmp_path / "journal.bin")
+    collecting = gc.isenabled()
+    gc.disable()  # counting goes on: allocations of tracked objects less their releases
+    try:
+        before = gc.get_count()[0]
+        for i in range(1000):
+            writer.enqueue(RecordKind.RESULT, (f"task{i}".encode(), b"sim", b"FS", b"{}", b""),
+                           (b"value",))
+            writer.enqueue(RecordKind.REQUEST, (f"task{i}".encode(), b"sim", b"f", b"", b"{}"))
+        held = gc.get_count()[0] - before
+    finally:
+        if collecting:
+            gc.enable()
+    assert held < 50  # a tuple per record would be 2,000
+    writer.close()
+    records, _ = read_journal(tmp_path / "journal.bin")
+    assert len(records) == 2000
+    assert (records[-2].field(0), bytes(records[-2].frames[0])) == ("task999", b"value")
+    assert records[-1].frames == []
+
+
+def _earlier_batch(records: list[tuple], buffers: tuple[bytes, ...] = ()) -> bytes:
+    """A batch as version 2 journals hold them: a tuple per record."""
+    meta = marshal.dumps(records, 2)
+    body = struct.pack("<I", len(meta)) + meta + b"".join(buffers)
+    return struct.pack("<II", len(body), zlib.crc32(body)) + body
+
+
+def test_a_journal_of_the_earlier_format_is_read_and_appended_to(tmp_path: Path) -> None:
+    path = tmp_path / "journal.bin"
+    request = (RecordKind.REQUEST.value, 1.0, [b"task0", b"sim", b"f", b"", b"{}"], [b"in"])
+    result = (RecordKind.RESULT.value, 2.0, [b"task0", b"sim", b"FS", b"{}", b""], [b"head"],
+              [3, 2])
+    path.write_bytes(b"SMJRNL02" + _earlier_batch([request, result], (b"abc", b"de")))
+    (old_request, old_result), end = read_journal(path)
+    assert (old_request.kind, old_request.fields, old_request.time) == (
+        RecordKind.REQUEST, ["task0", "sim", "f", "", "{}"], 1.0)
+    assert [bytes(f) for f in old_result.frames] == [b"head", b"abc", b"de"]
+    writer = JournalWriter(path, end)
+    writer.append(RecordKind.END, [b"{}"])
+    writer.close()
+    assert path.read_bytes()[: len(MAGIC)] == MAGIC  # no earlier version reads it now
+    assert _kinds(path) == [RecordKind.REQUEST, RecordKind.RESULT, RecordKind.END]

@@ -11,12 +11,19 @@ Records are written in *batches*, each a length, a CRC-32 and a body::
 
     size u32 | crc32(body) u32 | body = meta_size u32 | meta | out-of-band buffers
 
-``meta`` is a ``marshal`` (version 2) list of records, each ``(kind, time, fields, frames)``:
-text fields as UTF-8 bytes and payload frames. When a payload has out-of-band buffers (large
-arrays), its record holds the first frame (the serialized stream) and a fifth item, the
-buffers' sizes, and the buffers follow ``meta`` as they are. One C call encodes a whole batch:
-building it field by field in Python cost the agents' threads more than anything else the
-journal does.
+``meta`` is a ``marshal`` (version 2) list of the records' items, one after the other:
+``kind, time, n_fields, *fields, n_frames, *frames, n_buffers, *buffer_sizes``, text fields as
+UTF-8 bytes and payload frames as bytes. When a payload has out-of-band buffers (large
+arrays), its record holds the first frame (the serialized stream) and the buffers' sizes, and
+the buffers follow ``meta`` as they are. One C call encodes a whole batch: building it field
+by field in Python cost the agents' threads more than anything else the journal does.
+
+Why flat items and not a tuple per record: records wait in memory for their batch, queued by
+the agents' threads, and bytes, ints and floats are objects the garbage collector does not
+track. Tuples it does: thousands of them held at a time made it collect, stopping every
+thread of the thinker, where a campaign without a journal never collects at all. (Journals
+written before, whose magic is ``SMJRNL02``, hold a tuple per record: they are still read,
+and the writer marks them as of this version when it appends to them.)
 
 A batch cut short by a kill (or a bad CRC) ends the readable journal; the writer truncates the
 file there before appending, so later batches are never hidden behind a torn one. Readers of a
@@ -39,13 +46,15 @@ from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from pathlib import Path
 from time import time
-from typing import Any, cast
+from typing import Any
 
 from steersman.models.serialization import Frame
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"SMJRNL02"
+MAGIC = b"SMJRNL03"
+#: Magics of journals written by earlier versions, still read.
+EARLIER_MAGICS = (b"SMJRNL02",)
 _PREFIX = struct.Struct("<II")
 _META_SIZE = struct.Struct("<I")
 _MARSHAL_VERSION = 2  # binary floats, and no back-references: their table costs more than it saves
@@ -117,24 +126,38 @@ class Record:
 # --- writing batches ----------------------------------------------------------------------
 
 
-def encode_batch(entries: Sequence[_Entry]) -> tuple[bytes, list[Frame], int]:
-    """A batch's size and CRC, its body's parts, and its whole size on disk."""
-    for entry in entries:
-        if len(entry[3]) > 1:
-            return _encode_with_buffers(entries)
-    return _encode_parts(marshal.dumps(cast(Any, entries), _MARSHAL_VERSION), [])
+def _flat_items(entry: _Entry) -> tuple[Any, ...]:
+    """The meta items of a record without out-of-band buffers (at most one frame)."""
+    kind, when, fields, frames = entry
+    return (kind, when, len(fields), *fields, len(frames), *frames, 0)
 
 
-def _encode_with_buffers(entries: Sequence[_Entry]) -> tuple[bytes, list[Frame], int]:
-    """A batch where payloads have out-of-band buffers (large arrays): those go after the
-    meta, as they are, so that they are copied once."""
-    records: list[tuple[Any, ...]] = []
-    buffers: list[Frame] = []
-    for kind, when, fields, frames in entries:
-        extra = frames[1:]
-        records.append((kind, when, fields, frames[:1], [memoryview(b).nbytes for b in extra]))
-        buffers += extra
-    return _encode_parts(marshal.dumps(records, _MARSHAL_VERSION), buffers)
+def encode_batch(items: list[Any], buffered: bool = True) -> tuple[bytes, list[Frame], int]:
+    """A batch's size and CRC, its body's parts, and its whole size on disk.
+
+    Args:
+        items: Whole records, each as its meta items (see :func:`_flat_items`) or, for a record
+            with out-of-band buffers, as one ``(kind, time, fields, frames)`` tuple.
+        buffered: Whether there may be such tuples (False: the items are the meta).
+    """
+    meta = _expand(items) if buffered else items
+    buffers = [b for item in items if item.__class__ is tuple for b in item[3][1:]] \
+        if buffered else []
+    return _encode_parts(marshal.dumps(meta, _MARSHAL_VERSION), buffers)
+
+
+def _expand(items: list[Any]) -> list[Any]:
+    """The meta of records with out-of-band buffers: their first frame and buffer sizes."""
+    meta: list[Any] = []
+    for item in items:
+        if item.__class__ is tuple:
+            kind, when, fields, frames = item
+            extra = frames[1:]
+            meta += (kind, when, len(fields), *fields, 1, frames[0], len(extra),
+                     *[memoryview(b).nbytes for b in extra])
+        else:
+            meta.append(item)
+    return meta
 
 
 def _encode_parts(meta: bytes, buffers: Sequence[Frame]) -> tuple[bytes, list[Frame], int]:
@@ -147,11 +170,36 @@ def _encode_parts(meta: bytes, buffers: Sequence[Frame]) -> tuple[bytes, list[Fr
     return _PREFIX.pack(size, crc), [meta_size, meta, *buffers], _PREFIX.size + size
 
 
+def _record_items(entry: _Entry) -> tuple[Any, ...]:
+    """A record as :func:`encode_batch` takes it."""
+    return (entry,) if len(entry[3]) > 1 else _flat_items(entry)
+
+
+def _batches(items: list[Any]) -> Iterator[tuple[list[Any], bool]]:
+    """Cut queued items into batches of at most :data:`BATCH_RECORDS` whole records, each
+    with whether it holds records with out-of-band buffers."""
+    start = index = records = 0
+    buffered = False
+    end = len(items)
+    while index < end:
+        head = items[index]
+        if head.__class__ is tuple:
+            index += 1
+            buffered = True
+        else:  # kind, time, n_fields, fields, n_frames, frames, n_buffers (0)
+            index += 3 + items[index + 2]
+            index += 2 + items[index]
+        records += 1
+        if records == BATCH_RECORDS or index >= end:
+            yield items[start:index] if start or index < end else items, buffered
+            start, records, buffered = index, 0, False
+
+
 def encode_record(kind: RecordKind, fields: Sequence[bytes], frames: Sequence[Frame] = (),
                   when: float | None = None) -> list[Frame]:
     """The parts of a batch holding one record."""
-    prefix, body, _ = encode_batch([(_CODES[kind], time() if when is None else when, fields,
-                                     frames)])
+    entry = (_CODES[kind], time() if when is None else when, fields, frames)
+    prefix, body, _ = encode_batch([*_record_items(entry)], len(frames) > 1)
     return [prefix, *body]
 
 
@@ -173,7 +221,7 @@ def iter_records(data: bytes | bytearray | memoryview, *, check: bool = True,
     """
     view = memoryview(data).cast("B")
     if start is None:
-        if bytes(view[: len(MAGIC)]) != MAGIC:
+        if bytes(view[: len(MAGIC)]) not in (MAGIC, *EARLIER_MAGICS):
             raise ValueError(f"not a steersman journal (starts with {bytes(view[:8])!r})")
         start = len(MAGIC)
     offset, end = start, len(view)
@@ -188,7 +236,7 @@ def iter_records(data: bytes | bytearray | memoryview, *, check: bool = True,
             return
         try:
             records = list(_batch_records(view, start, stop, with_frames))
-        except (ValueError, EOFError, TypeError, KeyError):  # unchecked reading of a torn one
+        except (ValueError, EOFError, TypeError, KeyError, IndexError):  # unchecked, torn
             return
         for record in records:
             yield record, stop
@@ -199,9 +247,35 @@ def _batch_records(view: memoryview, start: int, stop: int,
                    with_frames: bool) -> Iterator[Record]:
     (meta_size,) = _META_SIZE.unpack_from(view, start)
     position = start + _META_SIZE.size + meta_size
+    items = marshal.loads(view[position - meta_size : position])
+    if items and items[0].__class__ is tuple:  # an earlier version's batch
+        yield from _tuple_records(items, view, position, stop, with_frames)
+        return
     kinds = _KINDS
-    for kind, when, fields, frames, *buffers in marshal.loads(
-            view[position - meta_size : position]):
+    index, end = 0, len(items)
+    while index < end:  # lengths of what was taken, not counts read: always moves on
+        kind, when, count = items[index : index + 3]
+        fields = items[index + 3 : index + 3 + count]
+        index += 3 + len(fields)
+        count = items[index]
+        frames = items[index + 1 : index + 1 + count]
+        index += 1 + len(frames)
+        count = items[index]
+        sizes = items[index + 1 : index + 1 + count]
+        index += 1 + len(sizes)
+        for size in sizes:
+            frames.append(view[position : position + size])
+            position += size
+        if position > stop:
+            raise ValueError("buffers run past the batch")
+        yield Record(kinds[kind], when, fields, frames if with_frames else ())
+
+
+def _tuple_records(records: list[Any], view: memoryview, position: int, stop: int,
+                   with_frames: bool) -> Iterator[Record]:
+    """The records of a batch written by an earlier version: a tuple each."""
+    kinds = _KINDS
+    for kind, when, fields, frames, *buffers in records:
         if buffers:
             frames = [*frames]
             for size in buffers[0]:
@@ -261,7 +335,8 @@ class JournalWriter:
             os.close(fd)
             raise
         self._fd = fd
-        self._queue: deque[_Entry] = deque()  # deques are safe to append to without a lock
+        self._queue: list[Any] = []  # records' meta items (see the module), queued without
+        # a lock: a list grows in one step, and takers (with the lock) cut off its start
         self._deferred: dict[RecordKind, deque[str]] = {  # strings: no work for the GC
             kind: deque() for kind in RecordKind}
         self._hooks: list[Callable[[], None]] = []
@@ -282,16 +357,20 @@ class JournalWriter:
         """Write one record (text fields as UTF-8) now, after the queued ones."""
         entry = (_CODES[kind], time() if when is None else when, fields, frames)
         with self._lock:
-            entries = self._take_queued()
-            entries.append(entry)
-            self._write(entries)
+            items = self._take_queued()
+            items += _record_items(entry)
+            self._write(items)
         if not self._dirty.is_set():
             self._dirty.set()
 
     def enqueue(self, kind: RecordKind, fields: Sequence[bytes | memoryview],
                 frames: Sequence[Frame] = (), when: float | None = None) -> None:
         """Queue one record (see the class). Its fields and frames must not change after."""
-        self._queue.append((_CODES[kind], time() if when is None else when, fields, frames))
+        code, when = _CODES[kind], time() if when is None else when
+        if len(frames) > 1:  # out-of-band buffers (arrays): rare, a tuple
+            self._queue.append((code, when, fields, frames))
+        else:  # items the collector does not track, added at once (no thread runs meanwhile)
+            self._queue.extend([code, when, len(fields), *fields, len(frames), *frames, 0])
         if not self._dirty.is_set():
             self._dirty.set()
 
@@ -308,23 +387,26 @@ class JournalWriter:
                   for kind, texts in self._deferred.items() if texts}  # after records queued
         when = time()
         with self._lock:
-            entries = self._take_queued()
-            entries += [(_CODES[kind], when, ["\n".join(texts).encode()], ())
-                        for kind, texts in merged.items()]
-            if entries:
-                self._write(entries)
+            items = self._take_queued()
+            for kind, texts in merged.items():
+                items += (_CODES[kind], when, 1, "\n".join(texts).encode(), 0, 0)
+            if items:
+                self._write(items)
 
-    def _take_queued(self) -> list[_Entry]:
+    def _take_queued(self) -> list[Any]:
         queue = self._queue
-        return [queue.popleft() for _ in range(len(queue))]
+        count = len(queue)  # whole records: each was added in one step
+        items = queue[:count]
+        del queue[:count]
+        return items
 
-    def _write(self, entries: list[_Entry]) -> None:
-        """Write `entries` at the end, in batches of at most :data:`BATCH_RECORDS` (called
-        with the lock held)."""
+    def _write(self, items: list[Any]) -> None:
+        """Write the records of `items` at the end, in batches of at most
+        :data:`BATCH_RECORDS` (called with the lock held)."""
         parts: list[Frame] = []
         size = 0
-        for first in range(0, len(entries), BATCH_RECORDS):
-            prefix, body, whole = encode_batch(entries[first : first + BATCH_RECORDS])
+        for batch, buffered in _batches(items):
+            prefix, body, whole = encode_batch(batch, buffered)
             parts.append(prefix)
             parts += body
             size += whole
@@ -406,4 +488,6 @@ def _start(fd: int, path: Path, valid_end: int | None) -> int:
     if valid_end is None:
         valid_end = read_journal(path, with_frames=False)[1]
     os.ftruncate(fd, valid_end)
+    if os.pread(fd, len(MAGIC), 0) in EARLIER_MAGICS:  # batches of this version follow
+        os.pwrite(fd, MAGIC, 0)
     return valid_end
