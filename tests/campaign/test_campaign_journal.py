@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import zlib
 from array import array
 from pathlib import Path
@@ -286,3 +287,32 @@ def test_a_journal_of_the_earlier_format_is_read_and_appended_to(tmp_path: Path)
     writer.close()
     assert path.read_bytes()[: len(MAGIC)] == MAGIC  # no earlier version reads it now
     assert _kinds(path) == [RecordKind.REQUEST, RecordKind.RESULT, RecordKind.END]
+
+
+def test_queued_records_are_written_often_and_synced_less_often(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """The background thread writes queued records every WRITE_INTERVAL (waking the line
+    writer), and syncs them at most every SYNC_INTERVAL, but always in the end."""
+    syncs: list[int] = []
+    real_sync = os.fdatasync
+    monkeypatch.setattr(journal.os, "fdatasync", lambda fd: (syncs.append(fd), real_sync(fd)))
+    monkeypatch.setattr(journal, "WRITE_INTERVAL", 0.01)
+    monkeypatch.setattr(journal, "SYNC_INTERVAL", 1.0)
+    path = tmp_path / "journal.bin"
+    writer = JournalWriter(path)
+
+    def until(condition) -> bool:
+        for _ in range(600):
+            if condition():
+                return True
+            threading.Event().wait(0.005)
+        return False
+
+    writer.enqueue(RecordKind.RESULT, (b"task0", b"sim", b"FS", b"{}", b""), (b"v",))
+    assert until(lambda: len(syncs) == 1)  # the first sync is due at once
+    assert len(_kinds(path)) == 1
+    writer.enqueue(RecordKind.RESULT, (b"task1", b"sim", b"FS", b"{}", b""), (b"v",))
+    assert until(lambda: len(_kinds(path)) == 2)
+    assert len(syncs) == 1  # written, not yet synced: the interval has not passed
+    assert until(lambda: len(syncs) == 2)  # the sync follows without another record
+    writer.close()

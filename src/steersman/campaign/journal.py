@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from pathlib import Path
-from time import time
+from time import monotonic, time
 from typing import Any
 
 from steersman.models.serialization import Frame
@@ -60,6 +60,10 @@ _META_SIZE = struct.Struct("<I")
 _MARSHAL_VERSION = 2  # binary floats, and no back-references: their table costs more than it saves
 #: Upper bound of the interval between two fsyncs of a busy journal (seconds).
 SYNC_INTERVAL = 0.2
+#: Upper bound of the interval between two writes of queued records (seconds): each wakes
+#: the followers of the journal (the results.jsonl writer), whose backlog at the end of a run
+#: the thinker waits for.
+WRITE_INTERVAL = 0.05
 #: Records encoded into one batch at most: the allocator reuses the memory of small batches,
 #: where the meta of a large one is fresh memory, page faults included, every time.
 BATCH_RECORDS = 256
@@ -317,8 +321,9 @@ class JournalWriter:
     :meth:`append` writes a record at once: it survives a kill of this process as soon as the
     call returns. :meth:`enqueue` only queues one: queued records go out, in the order queued,
     in the same write as the next record appended (so none is ever written after a record
-    appended after it) or at the next sync, whichever comes first. :meth:`defer` keeps a
-    record whose loss is harmless for the next sync.
+    appended after it) or at the background thread's next write (within
+    :data:`WRITE_INTERVAL`), whichever comes first. :meth:`defer` keeps a record whose loss is
+    harmless for that next write.
 
     Args:
         path: The journal file; created if missing.
@@ -375,7 +380,7 @@ class JournalWriter:
             self._dirty.set()
 
     def defer(self, kind: RecordKind, text: str) -> None:
-        """Keep a one-field record until the next sync, where those of a kind are merged into
+        """Keep a one-field record until the next write, where those of a kind are merged into
         one (their fields one a line), after the records queued before them."""
         self._deferred[kind].append(text)
         if not self._dirty.is_set():
@@ -414,8 +419,8 @@ class JournalWriter:
         self._end += size
 
     def add_sync_hook(self, hook: Callable[[], None]) -> None:
-        """Call `hook()` after the queued records are written, at each batched sync and at
-        close (to flush companion files)."""
+        """Call `hook()` after the queued records are written, at each background write and
+        at close (to flush companion files)."""
         self._hooks.append(hook)
 
     def flush(self) -> None:
@@ -446,6 +451,7 @@ class JournalWriter:
                 logger.exception("journal sync hook %r failed", hook)
 
     def _sync_loop(self) -> None:
+        synced = -SYNC_INTERVAL
         while not self._closing.is_set():
             self._dirty.wait()
             self._dirty.clear()
@@ -453,11 +459,15 @@ class JournalWriter:
                 return
             try:
                 self._write_all()
-                os.fdatasync(self._fd)
+                if monotonic() - synced >= SYNC_INTERVAL:
+                    os.fdatasync(self._fd)
+                    synced = monotonic()
+                elif not self._dirty.is_set():  # the written records still need the sync
+                    self._dirty.set()
             except OSError as exc:  # the file was closed under us, or the disk failed
                 logger.error("cannot sync the journal %s: %s", self.path, exc)
                 return
-            self._closing.wait(SYNC_INTERVAL)  # batch: at most one sync per interval
+            self._closing.wait(WRITE_INTERVAL)  # batch: at most one write per interval
 
 
 def _write_at(fd: int, parts: Sequence[Frame], size: int, offset: int) -> None:

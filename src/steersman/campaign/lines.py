@@ -3,9 +3,10 @@
 A line of results.jsonl is made from a result's journal record (and its request's, for the
 inputs). Decoding the payloads and writing the JSON cost more than journaling the result, so
 the thinker's process does not do it: when recording starts, a *line writer* is forked. The
-journal wakes it after each of its syncs; it reads the whole batches written since, appends
-their lines and waits again. Lines follow their records by at most one sync interval, always
-in the journal's order.
+journal wakes it after each of its background writes; it reads the whole batches written
+since, appends their lines and waits again. Lines follow their records by about one write
+interval (see the journal's ``WRITE_INTERVAL``), always in the journal's order, so that little
+is left to write when the run ends.
 
 When the recording closes, the line writer writes the lines of what remains and exits, and the
 thinker waits for it: results.jsonl is whole when the run ends. If the thinker's process dies
