@@ -144,24 +144,25 @@ def encode_batch(items: list[Any], buffered: bool = True) -> tuple[bytes, list[F
             with out-of-band buffers, as one ``(kind, time, fields, frames)`` tuple.
         buffered: Whether there may be such tuples (False: the items are the meta).
     """
-    meta = _expand(items) if buffered else items
-    buffers = [b for item in items if item.__class__ is tuple for b in item[3][1:]] \
-        if buffered else []
+    meta, buffers = _expand(items) if buffered else (items, [])
     return _encode_parts(marshal.dumps(meta, _MARSHAL_VERSION), buffers)
 
 
-def _expand(items: list[Any]) -> list[Any]:
-    """The meta of records with out-of-band buffers: their first frame and buffer sizes."""
+def _expand(items: list[Any]) -> tuple[list[Any], list[Frame]]:
+    """The meta of records some of which have out-of-band buffers (their first frame inline,
+    then the buffers' sizes), and those buffers."""
     meta: list[Any] = []
+    buffers: list[Frame] = []
     for item in items:
         if item.__class__ is tuple:
             kind, when, fields, frames = item
             extra = frames[1:]
             meta += (kind, when, len(fields), *fields, 1, frames[0], len(extra),
                      *[memoryview(b).nbytes for b in extra])
+            buffers += extra
         else:
             meta.append(item)
-    return meta
+    return meta, buffers
 
 
 def _encode_parts(meta: bytes, buffers: Sequence[Frame]) -> tuple[bytes, list[Frame], int]:
@@ -374,7 +375,7 @@ class JournalWriter:
         code, when = _CODES[kind], time() if when is None else when
         if len(frames) > 1:  # out-of-band buffers (arrays): rare, a tuple
             self._queue.append((code, when, fields, frames))
-        else:  # items the collector does not track, added at once (no thread runs meanwhile)
+        else:  # _flat_items, inline: items the collector does not track, added in one step
             self._queue.extend([code, when, len(fields), *fields, len(frames), *frames, 0])
         if not self._dirty.is_set():
             self._dirty.set()
@@ -394,7 +395,7 @@ class JournalWriter:
         with self._lock:
             items = self._take_queued()
             for kind, texts in merged.items():
-                items += (_CODES[kind], when, 1, "\n".join(texts).encode(), 0, 0)
+                items += _flat_items((_CODES[kind], when, ["\n".join(texts).encode()], ()))
             if items:
                 self._write(items)
 
