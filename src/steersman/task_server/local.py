@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from time import time
+from time import perf_counter, time
 from typing import Any
 
 from steersman.exceptions import WorkerLost
@@ -137,12 +137,17 @@ class ProcessEngine(Engine):
         self.lifeline: tuple[int, int] = (-1, -1)
         self.direct: Callable[[Parts], bool] | None = None
         self.lane: socket.socket | None = None
+        # Held by the one worker that looks for requests awake. A worker killed while holding
+        # it (a cancel racing the end of its task) leaves it held: workers then sleep at once,
+        # as before lingering existed; nothing is lost but the lingering.
+        self.lingering: Any = None
 
     def start(self, context: WorkerContext) -> None:
         self._context = context
         self.lifeline = os.pipe()  # only the server holds the write end: EOF means it died
         self.direct = context.direct_results()
         self.lane = context.lane() if self.direct is not None else None
+        self.lingering = _CONTEXT.Lock() if self.lane is not None else None
         self._slots = [_WorkerSlot(i, self) for i in range(self.num_workers)]
         for slot in self._slots:  # fork every worker before any thread of ours exists
             slot.spawn()
@@ -254,7 +259,7 @@ class _WorkerSlot:
         self.process = _CONTEXT.Process(
             target=_worker_main, name=f"steersman-worker-{self.index}", daemon=False,
             args=(self.requests, self.replies, context, others, self.engine.lifeline,
-                  self.engine.direct, self.engine.lane, self.lane_slot),
+                  self.engine.direct, self.engine.lane, self.lane_slot, self.engine.lingering),
         )
         self.process.start()
         self.requests.close_reader()
@@ -387,7 +392,7 @@ class _WorkerSlot:
 def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerContext,
                  others: list[PipeChannel], lifeline: tuple[int, int],
                  direct: Callable[[Parts], bool] | None, lane: socket.socket | None,
-                 lane_slot: LaneSlot | None) -> None:
+                 lane_slot: LaneSlot | None, lingering: Any) -> None:
     """A worker process: run requests one at a time until the server closes the pipe (and,
     with a lane, until no lane request waits either)."""
     _die_with_server(lifeline)
@@ -402,7 +407,7 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
         while _serve_one(requests, replies, context, direct):
             pass
         return
-    inbound = _Inbound(requests, lane, lane_slot)
+    inbound = _Inbound(requests, lane, lane_slot, lingering)
     while (source := inbound.next()) is not None:
         if isinstance(source, bytes):
             _serve_lane(source, lane_slot, replies, context, direct)
@@ -413,8 +418,9 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
 class _Inbound:
     """Where a worker's next request comes from: the server's pipe first, then the lane."""
 
-    def __init__(self, requests: PipeChannel, lane: socket.socket, slot: LaneSlot):
-        self.requests, self.lane, self.slot = requests, lane, slot
+    def __init__(self, requests: PipeChannel, lane: socket.socket, slot: LaneSlot,
+                 lingering: Any):
+        self.requests, self.lane, self.slot, self.lingering = requests, lane, slot, lingering
         # Every idle worker waits on the lane. With plain poll each lane request would wake
         # them all (one receives it, the others sleep again; on a virtual machine each wake-up
         # of an idle CPU costs tens of microseconds). EPOLLEXCLUSIVE wakes one per request;
@@ -431,7 +437,7 @@ class _Inbound:
     def next(self) -> PipeChannel | bytes | None:
         """`requests` if the server's pipe has a request, else a lane request (received into
         the slot), None once the server closed its pipe and no lane request waits."""
-        ready = self._ready(0)
+        ready, lingered = self._ready(0), False
         while True:
             if self._server_open and (self.requests.buffered or self.requests.reader_fd in ready):
                 if self.requests.at_end():
@@ -449,7 +455,28 @@ class _Inbound:
                     self._poller.unregister(self.lane)
             if not self._server_open:
                 return None
+            if not lingered:  # right after a task, not after a wake-up that found nothing
+                lingered = True
+                if ready := self._linger():
+                    continue
             ready = self._ready(None)
+
+    def _linger(self) -> set[int]:
+        """Look for a request, awake, for up to LINGER seconds before sleeping: the readable
+        inputs, or none. A thinker that answers a result with a new request mostly does so
+        within that time, and a sleeping worker's CPU halts: waking it costs 50-150 us a task
+        on virtual machines. One worker lingers at a time, so idle workers never keep more
+        than one CPU busy, and for at most LINGER after each task."""
+        if not self.lingering.acquire(False):
+            return set()
+        try:
+            deadline = perf_counter() + LINGER
+            while perf_counter() < deadline:
+                if ready := self._ready(0):
+                    return ready
+            return set()
+        finally:
+            self.lingering.release()
 
     def _ready(self, timeout: int | None) -> set[int]:
         """The readable inputs; `timeout` is 0 (do not wait) or None (wait), which mean the
@@ -464,6 +491,9 @@ def _kernel_at_least(major: int, minor: int) -> bool:
         return False
     return found >= (major, minor)
 
+
+#: How long a worker that finished a task looks, awake, for the next before it sleeps (seconds).
+LINGER = 400e-6
 
 _EXCLUSIVE_WAKE_UPS = hasattr(select, "EPOLLEXCLUSIVE") and _kernel_at_least(5, 7)
 

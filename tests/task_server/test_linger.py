@@ -1,0 +1,96 @@
+"""A worker that finished a task looks for the next one awake for a moment before it sleeps,
+one worker at a time: the thinker's next request then finds it running, not halted.
+
+These tests drive a worker's inputs (its server pipe and the lane) in this process and record
+every wait for readiness: `None` is a sleep, 0 a look.
+"""
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from steersman.queue.lane import Lane, LaneSlot
+from steersman.queue.pipe import PipeChannel
+from steersman.task_server import local
+from steersman.task_server.base import _CONTEXT
+
+
+class Inputs:
+    def __init__(self, lingering) -> None:
+        self.requests, self.lane, self.slot = PipeChannel(), Lane(), LaneSlot()
+        self.inbound = local._Inbound(self.requests, self.lane.receiver, self.slot, lingering)
+        self.waits: list[int | None] = []
+        ready = self.inbound._ready
+
+        def recorded(timeout: int | None) -> set[int]:
+            self.waits.append(timeout)
+            return ready(timeout)
+
+        self.inbound._ready = recorded  # type: ignore[method-assign]
+
+    def send_later(self, request: bytes, delay: float) -> threading.Thread:
+        def send() -> None:
+            time.sleep(delay)
+            self.lane.send([request], None)
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        self.lane.close_sender()
+        self.lane.receiver.close()
+        self.requests.close_reader()
+        self.requests.close_writer()
+
+
+@pytest.fixture
+def lingering():
+    return _CONTEXT.Lock()
+
+
+@pytest.fixture
+def inputs(lingering) -> Iterator[Inputs]:
+    made = Inputs(lingering)
+    yield made
+    made.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_request_sent_while_the_worker_lingers_is_taken_without_sleeping(inputs, monkeypatch):
+    monkeypatch.setattr(local, "LINGER", 10.0)  # longer than the test: it must not matter
+    sender = inputs.send_later(b"request", 0.05)
+    start = time.monotonic()
+    assert inputs.inbound.next() == b"request"
+    sender.join()
+    assert time.monotonic() - start < 5
+    assert None not in inputs.waits, "the worker slept before the request came"
+    assert len(inputs.waits) > 1, "the worker did not look again while it waited"
+
+
+@pytest.mark.timeout(30)
+def test_only_one_worker_lingers_at_a_time(inputs, lingering, monkeypatch):
+    monkeypatch.setattr(local, "LINGER", 10.0)
+    assert lingering.acquire(False)  # another worker lingers now
+    sender = inputs.send_later(b"request", 0.05)
+    assert inputs.inbound.next() == b"request"
+    sender.join()
+    assert inputs.waits[0] == 0 and None in inputs.waits, "it lingered alongside another"
+    assert inputs.waits.count(0) <= 2, "it looked again and again instead of sleeping"
+
+
+@pytest.mark.timeout(30)
+def test_lingering_ends_after_its_time_and_lets_another_worker_linger(inputs, lingering,
+                                                                     monkeypatch):
+    monkeypatch.setattr(local, "LINGER", 0.05)
+    start = time.monotonic()
+    assert inputs.inbound._linger() == set()
+    assert time.monotonic() - start >= 0.05
+    assert lingering.acquire(False), "the worker kept the right to linger"
+    lingering.release()
+    sender = inputs.send_later(b"later", 0.2)  # after lingering: a sleeping worker wakes for it
+    assert inputs.inbound.next() == b"later"
+    sender.join()
+    assert None in inputs.waits
