@@ -2,19 +2,23 @@
 one worker at a time: the thinker's next request then finds it running, not halted.
 
 These tests drive a worker's inputs (its server pipe and the lane) in this process and record
-every wait for readiness: `None` is a sleep, 0 a look.
+every wait for readiness: `None` is a sleep, 0 a look. The turn to linger belongs to a
+process, so other workers are played by forked processes.
 """
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from steersman.queue.lane import Lane, LaneSlot
 from steersman.queue.pipe import PipeChannel
 from steersman.task_server import local
-from steersman.task_server.base import _CONTEXT
+from steersman.task_server.local import LingerTurn
 
 
 class Inputs:
@@ -47,8 +51,37 @@ class Inputs:
 
 
 @pytest.fixture
-def lingering():
-    return _CONTEXT.Lock()
+def lingering() -> Iterator[LingerTurn]:
+    turn = LingerTurn()
+    yield turn
+    turn.close()
+
+
+@contextmanager
+def held_by_another_worker(turn: LingerTurn, die: bool = False) -> Iterator[int]:
+    """A forked process takes the turn and keeps it until the block ends (or, with `die`,
+    is killed while holding it, at once)."""
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the other worker
+        try:
+            os.write(ready_write, b"1" if turn.take() else b"0")
+            if die:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready_read, 1) == b"1", "the other worker could not take the turn"
+        if die:
+            os.waitpid(pid, 0)
+        yield pid
+    finally:
+        if not die:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(ready_read)
+        os.close(ready_write)
 
 
 @pytest.fixture
@@ -73,12 +106,19 @@ def test_a_request_sent_while_the_worker_lingers_is_taken_without_sleeping(input
 @pytest.mark.timeout(30)
 def test_only_one_worker_lingers_at_a_time(inputs, lingering, monkeypatch):
     monkeypatch.setattr(local, "LINGER", 10.0)
-    assert lingering.acquire(False)  # another worker lingers now
-    sender = inputs.send_later(b"request", 0.05)
-    assert inputs.inbound.next() == b"request"
-    sender.join()
+    with held_by_another_worker(lingering):
+        sender = inputs.send_later(b"request", 0.05)
+        assert inputs.inbound.next() == b"request"
+        sender.join()
     assert inputs.waits[0] == 0 and None in inputs.waits, "it lingered alongside another"
     assert inputs.waits.count(0) <= 2, "it looked again and again instead of sleeping"
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_killed_while_lingering_gives_its_turn_up(lingering):
+    with held_by_another_worker(lingering, die=True):
+        assert lingering.take(), "the dead worker's turn was never given back"
+    lingering.give_back()
 
 
 @pytest.mark.timeout(30)
@@ -88,8 +128,8 @@ def test_lingering_ends_after_its_time_and_lets_another_worker_linger(inputs, li
     start = time.monotonic()
     assert inputs.inbound._linger() == set()
     assert time.monotonic() - start >= 0.05
-    assert lingering.acquire(False), "the worker kept the right to linger"
-    lingering.release()
+    with held_by_another_worker(lingering):  # it could take the turn: the worker gave it back
+        pass
     sender = inputs.send_later(b"later", 0.2)  # after lingering: a sleeping worker wakes for it
     assert inputs.inbound.next() == b"later"
     sender.join()

@@ -9,6 +9,7 @@ worker. Waiting requests are dispatched highest priority first.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import heapq
 import itertools
 import logging
@@ -18,6 +19,7 @@ import queue
 import select
 import socket
 import struct
+import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -137,17 +139,14 @@ class ProcessEngine(Engine):
         self.lifeline: tuple[int, int] = (-1, -1)
         self.direct: Callable[[Parts], bool] | None = None
         self.lane: socket.socket | None = None
-        # Held by the one worker that looks for requests awake. A worker killed while holding
-        # it (a cancel racing the end of its task) leaves it held: workers then sleep at once,
-        # as before lingering existed; nothing is lost but the lingering.
-        self.lingering: Any = None
+        self.lingering: LingerTurn | None = None
 
     def start(self, context: WorkerContext) -> None:
         self._context = context
         self.lifeline = os.pipe()  # only the server holds the write end: EOF means it died
         self.direct = context.direct_results()
         self.lane = context.lane() if self.direct is not None else None
-        self.lingering = _CONTEXT.Lock() if self.lane is not None else None
+        self.lingering = LingerTurn() if self.lane is not None else None
         self._slots = [_WorkerSlot(i, self) for i in range(self.num_workers)]
         for slot in self._slots:  # fork every worker before any thread of ours exists
             slot.spawn()
@@ -198,6 +197,8 @@ class ProcessEngine(Engine):
             slot.stop()
             if slot.lane_slot is not None:
                 slot.lane_slot.close()
+        if self.lingering is not None:
+            self.lingering.close()
         for fd in self.lifeline:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -392,7 +393,7 @@ class _WorkerSlot:
 def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerContext,
                  others: list[PipeChannel], lifeline: tuple[int, int],
                  direct: Callable[[Parts], bool] | None, lane: socket.socket | None,
-                 lane_slot: LaneSlot | None, lingering: Any) -> None:
+                 lane_slot: LaneSlot | None, lingering: LingerTurn | None) -> None:
     """A worker process: run requests one at a time until the server closes the pipe (and,
     with a lane, until no lane request waits either)."""
     _die_with_server(lifeline)
@@ -403,7 +404,7 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
                 close()
     requests.close_writer()
     replies.close_reader()
-    if lane is None or lane_slot is None or direct is None:
+    if lane is None or lane_slot is None or direct is None or lingering is None:
         while _serve_one(requests, replies, context, direct):
             pass
         return
@@ -419,7 +420,7 @@ class _Inbound:
     """Where a worker's next request comes from: the server's pipe first, then the lane."""
 
     def __init__(self, requests: PipeChannel, lane: socket.socket, slot: LaneSlot,
-                 lingering: Any):
+                 lingering: LingerTurn):
         self.requests, self.lane, self.slot, self.lingering = requests, lane, slot, lingering
         # Every idle worker waits on the lane. With plain poll each lane request would wake
         # them all (one receives it, the others sleep again; on a virtual machine each wake-up
@@ -467,7 +468,7 @@ class _Inbound:
         within that time, and a sleeping worker's CPU halts: waking it costs 50-150 us a task
         on virtual machines. One worker lingers at a time, so idle workers never keep more
         than one CPU busy, and for at most LINGER after each task."""
-        if not self.lingering.acquire(False):
+        if not self.lingering.take():
             return set()
         try:
             deadline = perf_counter() + LINGER
@@ -476,12 +477,38 @@ class _Inbound:
                     return ready
             return set()
         finally:
-            self.lingering.release()
+            self.lingering.give_back()
 
     def _ready(self, timeout: int | None) -> set[int]:
         """The readable inputs; `timeout` is 0 (do not wait) or None (wait), which mean the
         same to epoll (seconds) and poll (milliseconds)."""
         return {fd for fd, _ in self._poller.poll(timeout)}
+
+
+class LingerTurn:
+    """The turn to linger, which one worker process holds at a time.
+
+    A POSIX record lock (``lockf``) of a file only the workers use: such a lock belongs to a
+    process, so workers forked with the same open file still exclude each other, and a worker
+    killed while it lingers (a cancel racing the end of its task) gives the turn up as it dies.
+    """
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (held for the engine's life; unlinked)
+
+    def take(self) -> bool:
+        """Take the turn if no other process holds it."""
+        try:
+            fcntl.lockf(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def give_back(self) -> None:
+        fcntl.lockf(self._file, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:
