@@ -71,6 +71,7 @@ def held_by_another_worker(turn: LingerTurn, die: bool = False) -> Iterator[int]
             time.sleep(60)
         finally:
             os._exit(0)
+    os.close(ready_write)  # a child that dies before it answers reads as an empty answer
     try:
         assert os.read(ready_read, 1) == b"1", "the other worker could not take the turn"
         if die:
@@ -81,7 +82,6 @@ def held_by_another_worker(turn: LingerTurn, die: bool = False) -> Iterator[int]
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(ready_read)
-        os.close(ready_write)
 
 
 @pytest.fixture
