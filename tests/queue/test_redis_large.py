@@ -118,8 +118,10 @@ def test_large_array_round_trip_is_intact_and_leaves_nothing_for_good(
         left = blob_keys(raw, client)
         assert left and expiring_soon(raw, left)  # spares for the next message, for a while
         assert not any(b":ready" in key for key in left)
-        # the second request and result reused the keys of the first ones
-        assert len(blob_ids(left)) == 2
+        # the second request and result reused keys of the first ones: both (2 ids), or one
+        # when a writer looked for a spare before the other side's acknowledgement made one
+        # (3; a slow machine's order); 4 would be no reuse at all
+        assert len(blob_ids(left)) in (2, 3)
         assert raw.xlen(client.requests_key) == 0
         assert raw.xlen(client.results_key("default")) == 0
     finally:
