@@ -362,22 +362,25 @@ def write_all(fd: int, parts: Sequence[Frame], on_full: Callable[[], None] | Non
     On a non-blocking `fd` that is full, `on_full` is called and the write waits for room.
     """
     views = [memoryview(p).cast("B") for p in parts]
-    while views:
+    first, count = 0, len(views)  # the first view not written whole: no list shifts
+    while first < count:
         try:
-            written = os.writev(fd, views[:512])
+            written = os.writev(fd, views[first : first + 512])
         except BlockingIOError:
             if on_full is not None:
                 on_full()
             _wait_writable(fd)
             continue
         while written:
-            if written >= views[0].nbytes:
-                written -= views.pop(0).nbytes
+            size = views[first].nbytes
+            if written >= size:
+                written -= size
+                first += 1
             else:
-                views[0] = views[0][written:]
+                views[first] = views[first][written:]
                 written = 0
-        while views and views[0].nbytes == 0:
-            views.pop(0)
+        while first < count and views[first].nbytes == 0:
+            first += 1
 
 
 def _framed(parts: Sequence[Frame], spilled: list[bytes]) -> list[memoryview]:
