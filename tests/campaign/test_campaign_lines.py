@@ -199,8 +199,8 @@ def test_line_from_the_record_flags_matches_the_line_from_the_header(
                     *(record.field_bytes(i) for i in range(3, record.field_count))],
                    record.frames)
     inputs = state.requests[record.field(0)].frames
-    line = lines_module.line_of(record, inputs)
-    assert line == lines_module.line_of(older, inputs)
+    line = lines_module.line_of(record.raw_fields, record.frames, inputs)
+    assert line == lines_module.line_of(older.raw_fields, older.frames, inputs)
     parsed = json.loads(line)
     assert parsed["value"] == {"y": 9}
     assert parsed["inputs"] == ([[3], {"x": [1.5]}] if keep_inputs else [[], {}])

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from pathlib import Path
 from time import monotonic, time
-from typing import Any
+from typing import Any, NamedTuple
 
 from steersman.models.serialization import Frame
 
@@ -113,6 +113,11 @@ class Record:
     def field_bytes(self, index: int) -> bytes:
         """One field as UTF-8 bytes (for parsers that take bytes)."""
         return self._fields[index]
+
+    @property
+    def raw_fields(self) -> Sequence[bytes]:
+        """Every field as written: UTF-8 bytes."""
+        return self._fields
 
     @property
     def field_count(self) -> int:
@@ -211,16 +216,13 @@ def encode_record(kind: RecordKind, fields: Sequence[bytes], frames: Sequence[Fr
 # --- reading ------------------------------------------------------------------------------
 
 
-def iter_records(data: bytes | bytearray | memoryview, *, check: bool = True,
-                 with_frames: bool = True, start: int | None = None
-                 ) -> Iterator[tuple[Record, int]]:
-    """Yield each record of the whole batches, with the offset just past its batch; stop at
-    the first torn batch.
+def iter_batches(data: bytes | bytearray | memoryview, *, check: bool = True,
+                 start: int | None = None) -> Iterator[Batch]:
+    """Yield each whole batch; stop at the first torn one.
 
     Args:
         data: The journal's bytes, magic included.
         check: Verify each batch's CRC (status displays may skip it).
-        with_frames: Attach the payload frames (skip them when only counting).
         start: Where a batch starts in `data`, when `data` is a part of the journal read
             from there (no magic then; a batch cut off by the end of `data` ends it).
     """
@@ -239,56 +241,79 @@ def iter_records(data: bytes | bytearray | memoryview, *, check: bool = True,
         if check and zlib.crc32(view[start:stop]) != crc:
             logger.warning("journal batch at byte %d is corrupt; reading stops there", offset)
             return
+        (meta_size,) = _META_SIZE.unpack_from(view, start)
+        buffers = start + _META_SIZE.size + meta_size
         try:
-            records = list(_batch_records(view, start, stop, with_frames))
-        except (ValueError, EOFError, TypeError, KeyError, IndexError):  # unchecked, torn
+            items = marshal.loads(view[buffers - meta_size : buffers])
+        except (ValueError, EOFError, TypeError):  # unchecked, torn
             return
-        for record in records:
-            yield record, stop
+        yield Batch(items, view, buffers, stop)
         offset = stop
 
 
-def _batch_records(view: memoryview, start: int, stop: int,
-                   with_frames: bool) -> Iterator[Record]:
-    (meta_size,) = _META_SIZE.unpack_from(view, start)
-    position = start + _META_SIZE.size + meta_size
-    items = marshal.loads(view[position - meta_size : position])
-    if items and items[0].__class__ is tuple:  # an earlier version's batch
-        yield from _tuple_records(items, view, position, stop, with_frames)
-        return
-    kinds = _KINDS
-    index, end = 0, len(items)
-    while index < end:  # lengths of what was taken, not counts read: always moves on
-        kind, when, count = items[index : index + 3]
-        fields = items[index + 3 : index + 3 + count]
-        index += 3 + len(fields)
-        count = items[index]
-        frames = items[index + 1 : index + 1 + count]
-        index += 1 + len(frames)
-        count = items[index]
-        sizes = items[index + 1 : index + 1 + count]
-        index += 1 + len(sizes)
-        for size in sizes:
-            frames.append(view[position : position + size])
-            position += size
-        if position > stop:
-            raise ValueError("buffers run past the batch")
-        yield Record(kinds[kind], when, fields, frames if with_frames else ())
+class Batch(NamedTuple):
+    """A whole batch of a journal: its meta items and where its out-of-band buffers are."""
 
+    items: list[Any]
+    view: memoryview  # the data read
+    buffers: int  # where the batch's buffers start in `view`
+    stop: int  # where the batch ends in `view`
 
-def _tuple_records(records: list[Any], view: memoryview, position: int, stop: int,
-                   with_frames: bool) -> Iterator[Record]:
-    """The records of a batch written by an earlier version: a tuple each."""
-    kinds = _KINDS
-    for kind, when, fields, frames, *buffers in records:
-        if buffers:
+    def records(self) -> Iterator[tuple[int, float, Sequence[bytes], list[Frame]]]:
+        """Each record: kind code, time, fields (UTF-8) and frames (raises ValueError or
+        IndexError if the batch is not what its CRC said, when unchecked)."""
+        items = self.items
+        if items and items[0].__class__ is tuple:  # an earlier version's batch
+            yield from self._tuple_records()
+            return
+        view, position = self.view, self.buffers
+        index, end = 0, len(items)
+        while index < end:  # lengths of what was taken, not counts read: always moves on
+            kind, when, count = items[index : index + 3]
+            fields = items[index + 3 : index + 3 + count]
+            index += 3 + len(fields)
+            count = items[index]
+            frames = items[index + 1 : index + 1 + count]
+            index += 1 + len(frames)
+            count = items[index]
+            if count:
+                for size in items[index + 1 : index + 1 + count]:
+                    frames.append(view[position : position + size])
+                    position += size
+                if position > self.stop:
+                    raise ValueError("buffers run past the batch")
+            index += 1 + count
+            yield kind, when, fields, frames
+
+    def _tuple_records(self) -> Iterator[tuple[int, float, Sequence[bytes], list[Frame]]]:
+        """The records of a batch written by an earlier version: a tuple each."""
+        view, position = self.view, self.buffers
+        for kind, when, fields, frames, *buffers in self.items:
             frames = [*frames]
-            for size in buffers[0]:
-                frames.append(view[position : position + size])
-                position += size
-            if position > stop:
-                raise ValueError("buffers run past the batch")
-        yield Record(kinds[kind], when, fields, frames if with_frames else ())
+            if buffers:
+                for size in buffers[0]:
+                    frames.append(view[position : position + size])
+                    position += size
+                if position > self.stop:
+                    raise ValueError("buffers run past the batch")
+            yield kind, when, fields, frames
+
+
+def iter_records(data: bytes | bytearray | memoryview, *, check: bool = True,
+                 with_frames: bool = True, start: int | None = None
+                 ) -> Iterator[tuple[Record, int]]:
+    """Yield each record of the whole batches, with the offset just past its batch; stop at
+    the first torn batch (arguments as :func:`iter_batches`; `with_frames`: attach the
+    payload frames, or skip them when only counting)."""
+    kinds = _KINDS
+    for batch in iter_batches(data, check=check, start=start):
+        try:
+            records = [Record(kinds[kind], when, fields, frames if with_frames else ())
+                       for kind, when, fields, frames in batch.records()]
+        except (ValueError, TypeError, KeyError, IndexError):  # unchecked, torn
+            return
+        for record in records:
+            yield record, batch.stop
 
 
 def read_journal(path: Path, *, check: bool = True,

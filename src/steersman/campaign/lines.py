@@ -41,7 +41,7 @@ from typing import NoReturn
 
 import pydantic_core
 
-from steersman.campaign.journal import Record, RecordKind, iter_records
+from steersman.campaign.journal import Batch, RecordKind, iter_batches
 from steersman.campaign.receipt import trace_line
 from steersman.models.serialization import Frame, SerializationMethod
 from steersman.queue.pipe import write_all
@@ -58,13 +58,16 @@ _FORK = sys.platform == "linux"
 _APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 #: Index of the field of a RESULT record holding its line, when the thinker made it.
 LINE_FIELD = 5
+_REQUEST, _RESULT = RecordKind.REQUEST.value, RecordKind.RESULT.value
 
 
-def line_of(record: Record, request_frames: Sequence[Frame] | None) -> bytes:
-    """The results.jsonl line of a RESULT record, given the input frames of its request."""
-    if record.field_count > LINE_FIELD:  # results with proxies: the thinker made the line
-        return record.field_bytes(LINE_FIELD)
-    header, flags = record.field_bytes(3), record.field_bytes(2)
+def line_of(fields: Sequence[bytes], frames: Sequence[Frame],
+            request_frames: Sequence[Frame] | None) -> bytes:
+    """The results.jsonl line of a RESULT record (its fields and frames), given the input
+    frames of its request."""
+    if len(fields) > LINE_FIELD:  # results with proxies: the thinker made the line
+        return fields[LINE_FIELD]
+    flags, header = fields[2], fields[3]
     if b"P" in flags or b"J" in flags:  # the flags tell what the line needs of the header
         keep_inputs = b"K" in flags
         method = SerializationMethod.JSON if b"J" in flags else SerializationMethod.PICKLE
@@ -72,8 +75,8 @@ def line_of(record: Record, request_frames: Sequence[Frame] | None) -> bytes:
         about = pydantic_core.from_json(header)
         keep_inputs = bool(about.get("keep_inputs"))
         method = SerializationMethod.parse(about["serialization_method"])
-    return trace_line(header, record.field_bytes(4), request_frames if keep_inputs else None,
-                      record.frames, method)
+    return trace_line(header, fields[4], request_frames if keep_inputs else None, frames,
+                      method)
 
 
 class _Follower:
@@ -84,7 +87,8 @@ class _Follower:
         self.journal_fd = -1  # opened by the setup message
         self.results_fd = os.open(results, _APPEND, 0o644)
         self.offset = -1  # not started: set by the setup message
-        self.requests: dict[str, list[bytes]] = {}  # inputs of requests whose result is due
+        self.requests: dict[bytes, list[bytes]] = {}  # inputs of requests whose result is
+        # due, by task id
         self.alive: Callable[[], bool] = lambda: True  # whether lines may still be written
 
     def write_new(self) -> None:
@@ -94,9 +98,9 @@ class _Follower:
         while True:
             chunk = os.pread(self.journal_fd, want, self.offset)
             consumed = 0
-            for record, stop in iter_records(chunk, start=0):
-                self._take(record, lines)
-                consumed = stop
+            for batch in iter_batches(chunk, start=0):
+                self._take(batch, lines)
+                consumed = batch.stop
             if consumed:
                 self.offset += consumed
                 want = CHUNK
@@ -109,18 +113,22 @@ class _Follower:
             fcntl.flock(self.results_fd, fcntl.LOCK_EX)
             try:
                 if self.alive():
-                    write_all(self.results_fd, lines)
+                    write_all(self.results_fd, [b"".join(lines)])
             finally:
                 fcntl.flock(self.results_fd, fcntl.LOCK_UN)
 
-    def _take(self, record: Record, lines: list[bytes]) -> None:
-        if record.kind is RecordKind.REQUEST:
-            self.requests[record.field(0)] = [bytes(frame) for frame in record.frames]
-        elif record.kind is RecordKind.RESULT:
-            task_id = record.field(0)
-            lines.append(line_of(record, self.requests.get(task_id)))
-            if b"F" in record.field_bytes(2):
-                self.requests.pop(task_id, None)
+    def _take(self, batch: Batch, lines: list[bytes]) -> None:
+        """Keep the inputs of the batch's requests; add the lines of its results."""
+        requests = self.requests
+        for kind, _, fields, frames in batch.records():
+            if kind == _REQUEST:
+                requests[fields[0]] = [frame if frame.__class__ is bytes else bytes(frame)
+                                       for frame in frames]  # not views of the chunk read
+            elif kind == _RESULT:
+                task_id = fields[0]
+                final = b"F" in fields[2]
+                inputs = requests.pop(task_id, None) if final else requests.get(task_id)
+                lines.append(line_of(fields, frames, inputs))
 
     def follow(self, wake_fd: int, parent_fd: int | None) -> None:
         """Take the setup, then write lines at each wake until told to finish, or until the
@@ -204,7 +212,7 @@ class LineWriter:
                                             name="steersman-lines", daemon=True)
             self._thread.start()
 
-    def start(self, offset: int, requests: dict[str, list[bytes]]) -> None:
+    def start(self, offset: int, requests: dict[bytes, list[bytes]]) -> None:
         """Start writing lines for the batches from `offset` of the journal (results.jsonl
         holds those of the batches before), given the input frames of the requests whose
         final result comes after it."""

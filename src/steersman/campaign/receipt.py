@@ -11,7 +11,7 @@ bytes (:func:`trace_line`), so that it shows the result exactly as received.
 from __future__ import annotations
 
 import marshal
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pydantic_core
@@ -22,7 +22,6 @@ from steersman.models.serialization import (
     Frame,
     SerializationMethod,
     deserialize,
-    deserialize_inputs,
 )
 
 #: Fields the queues set on receipt, as (sub-model, field).
@@ -83,10 +82,18 @@ def trace_line(header: bytes, receipt: bytes, inputs: Payload, value: Payload,
     tail = pydantic_core.from_json(b"{" + header[cut + 1 :])
     for (group, name), number in zip(RECEIPT_FIELDS, unpack_receipt(receipt)):
         tail[group][name] = number
-    decoded = _objects(inputs, lambda f: deserialize_inputs(f, method), ((), {}))
-    tail["inputs"] = [list(decoded[0]), dict(decoded[1])] if isinstance(decoded, tuple) \
-        else decoded
-    tail["value"] = _objects(value, lambda f: deserialize(f, method), None)
+    arguments = _objects(inputs, method)
+    if arguments is None:
+        tail["inputs"] = [[], {}]
+    elif isinstance(arguments, str):  # could not decode them
+        tail["inputs"] = arguments
+    else:
+        try:
+            args, kwargs = arguments
+            tail["inputs"] = [list(args), dict(kwargs)]
+        except (TypeError, ValueError) as exc:
+            tail["inputs"] = _undecodable(exc)
+    tail["value"] = _objects(value, method)
     return b"".join((header[:cut], b",", _json(tail)[1:], b"\n"))
 
 
@@ -99,12 +106,18 @@ def _json(obj: Any) -> bytes:
         return to_json(jsonable(obj)).encode()
 
 
-def _objects(payload: Payload, decode: Callable[[Sequence[Frame]], Any], empty: Any) -> Any:
+def _objects(payload: Payload, method: SerializationMethod) -> Any:
+    """The objects of a payload (None for none), or a text saying why they cannot be
+    decoded: the line of every result is written all the same."""
     if isinstance(payload, Decoded):
         return payload.objects
     if not payload:
-        return empty
+        return None
     try:
-        return decode([payload] if isinstance(payload, bytes) else payload)
-    except Exception as exc:  # a line for every result all the same: they are counted
-        return f"<cannot decode: {exc!r}>"
+        return deserialize([payload] if isinstance(payload, bytes) else payload, method)
+    except Exception as exc:
+        return _undecodable(exc)
+
+
+def _undecodable(exc: Exception) -> str:
+    return f"<cannot decode: {exc!r}>"

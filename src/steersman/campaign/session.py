@@ -316,7 +316,8 @@ class Recording:
                 requests = self.state.requests
                 for record in records[keep:]:
                     request = requests.get(record.field(0))
-                    stream.write(line_of(record, request.frames if request else None))
+                    stream.write(line_of(record.raw_fields, record.frames,
+                                         request.frames if request else None))
                 logger.info("rebuilt %d line(s) of %s from the journal", len(records) - keep,
                             path)
 
@@ -334,9 +335,10 @@ def _kept(frames: Sequence[Frame] | None) -> tuple[Frame, ...]:
     return (frames[0], *map(bytes, frames[1:]))
 
 
-def _unfinished_inputs(state: JournalState) -> dict[str, list[bytes]]:
-    """Input frames of the journaled requests whose final result is still to come."""
-    return {tid: [bytes(frame) for frame in state.requests[tid].frames]
+def _unfinished_inputs(state: JournalState) -> dict[bytes, list[bytes]]:
+    """Input frames of the journaled requests whose final result is still to come, by task
+    id (UTF-8)."""
+    return {tid.encode(): [bytes(frame) for frame in state.requests[tid].frames]
             for tid in state.unfinished()}
 
 
