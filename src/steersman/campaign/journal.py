@@ -103,7 +103,7 @@ class Record:
                  frames: Sequence[Frame] = ()):
         self.kind = kind
         self.time = time
-        self.frames = list(frames)
+        self.frames = frames if frames.__class__ is list else list(frames)
         self._fields = fields
 
     def field(self, index: int) -> str:
