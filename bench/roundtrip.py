@@ -107,10 +107,10 @@ def measure(library: str, backend: str, n_tasks: int, in_flight: int, workers: i
     finally:
         queues.send_kill_signal()
         server.join(60)
-        if hasattr(queues, "purge"):  # a Redis campaign keeps its streams until purged
-            queues.purge()
         if "run_dir" in extra:  # measured: the run directory is not kept
             shutil.rmtree(extra["run_dir"], ignore_errors=True)
+        if hasattr(queues, "purge"):  # a Redis campaign keeps its streams until purged
+            queues.purge()
     latencies = sorted(thinker.latencies)
     return {
         "library": library, "backend": backend, "in_flight": in_flight, "tasks": n_tasks,
