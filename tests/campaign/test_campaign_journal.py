@@ -130,6 +130,27 @@ def test_queued_records_go_out_before_the_next_appended_one(tmp_path: Path) -> N
     writer.close()
 
 
+def test_write_queued_returns_with_every_deferred_record_written(tmp_path: Path) -> None:
+    """The background thread's first write races the caller's: whichever takes a deferred
+    record, it is in the file when the caller's write_queued returns, and taken once."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for index in range(300):
+            writer = JournalWriter(tmp_path / f"journal{index}.bin")
+            writer.defer(RecordKind.PROCESSED, "task0")
+            writer.append(RecordKind.REQUEST, [b"task1", b"sim", b"square", b"", b"{}"])
+            writer.defer(RecordKind.PROCESSED, "task1")
+            writer.write_queued()
+            records, _ = read_journal(writer.path)
+            assert [tid for r in records if r.kind is RecordKind.PROCESSED
+                    for tid in r.field(0).split("\n")] == ["task0", "task1"]
+            assert writer._syncer.is_alive()
+            writer.close()
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def test_deferred_records_follow_the_records_queued_before_them(tmp_path: Path) -> None:
     path = tmp_path / "journal.bin"
     writer = JournalWriter(path)

@@ -414,10 +414,12 @@ class JournalWriter:
 
     def write_queued(self) -> None:
         """Write the queued records now, then the deferred ones."""
-        merged = {kind: [texts.popleft() for _ in range(len(texts))]  # deferred by now, so
-                  for kind, texts in self._deferred.items() if texts}  # after records queued
         when = time()
         with self._lock:
+            # Deferred ones taken under the lock, so none is left in another thread's hands
+            # when this returns; and taken before the queue, so after the records queued.
+            merged = {kind: [texts.popleft() for _ in range(len(texts))]
+                      for kind, texts in self._deferred.items() if texts}
             items = self._take_queued()
             for kind, texts in merged.items():
                 items += _flat_items((_CODES[kind], when, ["\n".join(texts).encode()], ()))
