@@ -167,3 +167,37 @@ def test_unreachable_manager_and_bad_addresses(tmp_path: object) -> None:
         AllocationClient(f"unix://{tmp_path}/nobody.sock")
     with pytest.raises(ValueError, match="valid schemes"):
         AllocationClient("carrier-pigeon://x")
+
+
+class _ScriptedChannel:
+    """A manager that answers an invade at once with no core and grants cores a moment later."""
+
+    def __init__(self, script: list[tuple[float, dict]]) -> None:
+        start = time.monotonic()
+        self._script = [(start + delay, message) for delay, message in script]
+
+    def send(self, message: dict) -> None:
+        pass  # the client's requests need no answer beyond the script
+
+    def recv(self, timeout: float | None) -> dict | None:
+        if not self._script:
+            time.sleep(timeout or 0.0)
+            return None
+        due, message = self._script[0]
+        wait = due - time.monotonic()
+        if wait > (timeout or 0.0):
+            time.sleep(timeout or 0.0)
+            return None
+        time.sleep(max(wait, 0.0))
+        return self._script.pop(0)[1]
+
+    def close(self) -> None:
+        pass
+
+
+def test_reinvade_waits_for_a_change_not_for_any_message(monkeypatch) -> None:
+    channel = _ScriptedChannel([(0.0, {"invaded": True}), (0.2, {"grow": [0, 1, 2, 3]})])
+    monkeypatch.setattr("steersman.allocation.client.connect", lambda address, name: channel)
+    client = AllocationClient("unix:///unused", "late")
+    assert client.reinvade(timeout=5) == [0, 1, 2, 3]
+    assert client.reinvade(timeout=0.05) is None

@@ -109,19 +109,31 @@ class AllocationClient:
         """Apply what the manager changed since the last step; call it at each step.
 
         Cores asked back are released (and acknowledged) here, new ones are added. Waits up to
-        `timeout` seconds for a first message.
+        `timeout` seconds for the core list to change; messages that change nothing (the answer
+        to an invade that granted no core, say) do not end the wait.
 
         Returns:
             The new core list if it changed, else None.
         """
         before = set(self._cores)
-        messages = []
-        message = self._channel.recv(timeout)
+        deadline = monotonic() + timeout
+        remaining = timeout
+        while True:
+            message = self._channel.recv(remaining)
+            if message is not None:
+                self._apply(self._drain(message))
+            remaining = deadline - monotonic()
+            if message is None or self._cores != before or remaining <= 0:
+                return None if self._cores == before else self.cores
+
+    def _drain(self, first: Message) -> list[Message]:
+        """The first message and every one already waiting behind it."""
+        messages = [first]
+        message = self._channel.recv(0.0)
         while message is not None:
             messages.append(message)
             message = self._channel.recv(0.0)
-        self._apply(messages)
-        return None if self._cores == before else self.cores
+        return messages
 
     def report(self, throughput: float) -> None:
         """Tell the manager the throughput measured on the current cores (it fits a curve)."""
