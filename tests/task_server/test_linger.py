@@ -134,3 +134,45 @@ def test_lingering_ends_after_its_time_and_lets_another_worker_linger(inputs, li
     assert inputs.inbound.next() == b"later"
     sender.join()
     assert None in inputs.waits
+
+
+def _busy_at_low_priority(cpu: int, seconds: float) -> tuple[int, int]:
+    """Fork a process that runs on `cpu` at niceness 10, says it is ready, keeps the CPU
+    busy for `seconds`, then reports the CPU time it got (ms); returns (pid, report fd)."""
+    report_read, report_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.sched_setaffinity(0, {cpu})
+            os.nice(10)
+            os.write(report_write, b"r")
+            start, deadline = time.thread_time(), time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                pass
+            os.write(report_write, str(int((time.thread_time() - start) * 1000)).encode())
+        finally:
+            os._exit(0)
+    os.close(report_write)
+    return pid, report_read
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+@pytest.mark.timeout(30)
+def test_a_lingering_worker_gives_its_cpu_to_any_process_ready_to_run(inputs, monkeypatch):
+    """Lingering spends only time no one else wants: a process of lower priority on the same
+    CPU (the results.jsonl writer, say) runs as if the worker slept."""
+    monkeypatch.setattr(local, "LINGER", 1.5)
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
+    os.sched_setaffinity(0, {cpu})  # this thread lingers on the busy process's CPU
+    try:
+        pid, report = _busy_at_low_priority(cpu, 0.5)
+        assert os.read(report, 1) == b"r"
+        assert inputs.inbound._linger() == set()  # lingers while the other runs, throughout
+    finally:
+        os.sched_setaffinity(0, before)
+    got_ms = int(os.read(report, 16))
+    os.close(report)
+    os.waitpid(pid, 0)
+    # Without yielding, the weights of niceness 10 and 0 would give it about 10%.
+    assert got_ms > 0.3 * 500, f"the busy process got {got_ms} ms of CPU in 500 ms"

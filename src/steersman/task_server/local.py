@@ -467,7 +467,10 @@ class _Inbound:
         inputs, or none. A thinker that answers a result with a new request mostly does so
         within that time, and a sleeping worker's CPU halts: waking it costs 50-150 us a task
         on virtual machines. One worker lingers at a time, so idle workers never keep more
-        than one CPU busy, and for at most LINGER after each task."""
+        than one CPU busy, and for at most LINGER after each task. Between looks it yields
+        its CPU to any other process ready to run there (the thinker, another worker, the
+        results.jsonl writer, which runs at a lower priority): lingering only uses time no
+        one else wants."""
         if not self.lingering.take():
             return set()
         try:
@@ -475,6 +478,7 @@ class _Inbound:
             while perf_counter() < deadline:
                 if ready := self._ready(0):
                     return ready
+                os.sched_yield()
             return set()
         finally:
             self.lingering.give_back()
