@@ -413,7 +413,8 @@ class JournalWriter:
             self._dirty.set()
 
     def write_queued(self) -> None:
-        """Write the queued records now, then the deferred ones."""
+        """Write the queued records now, then the deferred ones: all those queued or deferred
+        before the call are in the file when it returns, whichever thread wrote them."""
         when = time()
         with self._lock:
             # Deferred ones taken under the lock, so none is left in another thread's hands
