@@ -108,6 +108,21 @@ def test_a_value_that_cannot_be_fetched_fails_the_result(file_store: Store[Any])
     settle_result(received)
     assert received.success is False and received.value is None
     assert file_store.name in received.failure_info.exception  # type: ignore[union-attr]
+    assert received.complete is True
+
+
+def test_an_intermediate_value_that_cannot_be_fetched_stays_intermediate(
+        file_store: Store[Any]) -> None:
+    result = _with_store(Result(method="echo"), file_store)
+    result.set_result(BIG)
+    result.complete = False  # one of a generator's results: the task goes on
+    proxy_value(result)
+    received = decode(join(encode(Kind.RESULT, result))).result
+    assert received is not None
+    file_store.evict(_backend.key_of(result.value)[1])
+    received.decode_value()
+    settle_result(received)
+    assert received.success is False and received.complete is False
 
 
 def test_an_unusable_store_sends_the_value_inline(tmp_path: Path,

@@ -368,3 +368,44 @@ def test_write_all_delivers_every_part_in_order_through_a_full_pipe():
         os.close(read_fd)
     assert bytes(received) == expected
     assert fulls  # the pipe was full at least once: the wait was exercised
+
+
+def _refuse_to_unpickle():
+    raise RuntimeError("cannot rebuild this value here")
+
+
+class _OnlyPicklable:
+    """Pickles anywhere, unpickles nowhere."""
+
+    def __reduce__(self):
+        return (_refuse_to_unpickle, ())
+
+
+def test_a_result_that_cannot_be_decoded_comes_back_as_a_failure(pipe_queues):
+    server = echo_server(pipe_queues, handler=lambda: _OnlyPicklable())
+    pipe_queues.send_inputs(method="f", topic="sim")
+    result = pipe_queues.get_result(topic="sim", timeout=10)
+    assert result is not None and result.success is False and result.complete
+    assert "cannot rebuild this value here" in result.failure_info.exception
+    assert result.timestamp.result_received is not None
+    assert pipe_queues.active_count == 0 and pipe_queues.wait_until_done(timeout=1)
+    pipe_queues.send_kill_signal()
+    server.join(5)
+
+
+def test_an_observer_that_fails_does_not_leave_its_task_outstanding(pipe_queues):
+    class Failing:
+        def request_sent(self, result):
+            pass
+
+        def result_received(self, result):
+            raise OSError("disk full")
+
+    pipe_queues.add_observer(Failing())
+    server = echo_server(pipe_queues)
+    pipe_queues.send_inputs(1, method="f", topic="sim")
+    with pytest.raises(OSError, match="disk full"):
+        pipe_queues.get_result(topic="sim", timeout=10)
+    assert pipe_queues.active_count == 0 and pipe_queues.wait_until_done(timeout=1)
+    pipe_queues.send_kill_signal()
+    server.join(5)

@@ -213,13 +213,16 @@ class Result(BaseModel):
         if runtime is not None:
             self.time.running = runtime
 
-    def set_failure(self, exc: BaseException, **flags: bool) -> None:
-        """Record a failed outcome with the exception and its traceback."""
+    def set_failure(self, exc: BaseException, *, final: bool = True, **flags: bool) -> None:
+        """Record a failed outcome with the exception and its traceback.
+
+        `final=False` keeps an intermediate result intermediate (the task goes on).
+        """
         self.value = None
         _set(self, "_value_frames", None)
         _set(self, "_wire_header", None)
         self.success = False
-        self.complete = True
+        self.complete = final
         self.failure_info = FailureInformation.from_exception(exc, **flags)
 
     def mark_worker(self, executor: str | None = None) -> None:

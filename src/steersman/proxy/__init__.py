@@ -251,7 +251,7 @@ def settle_result(result: Result) -> None:
     try:
         result.value = _backend.resolve(result.value)
     except Exception as exc:
-        result.set_failure(exc)
+        result.set_failure(exc, final=result.complete is not False)
     finally:
         _backend.evict(name, key)
     result.time.proxy_resolve_value = perf_counter() - start

@@ -297,12 +297,24 @@ class BaseQueues(ABC):
                     self._reader = None
                     self._hand_over()
             result = waiting.popleft()
-        self.complete_result(result)
-        for observer in self._observers:
-            observer.result_received(result)
-        if result.complete is not False:
-            self._finish_task(topic)
+        try:
+            self._complete_or_fail(result)
+            for observer in self._observers:
+                observer.result_received(result)
+        finally:  # even if an observer failed: the task is not waited for forever
+            if result.complete is not False:
+                self._finish_task(topic)
         return result
+
+    def _complete_or_fail(self, result: Result) -> None:
+        """:meth:`complete_result`; a result this process cannot decode becomes a failure."""
+        try:
+            self.complete_result(result)
+        except Exception as exc:
+            logger.error("could not decode the result of task %s (topic %s): %r",
+                         result.task_id, result.topic, exc)
+            result.set_failure(exc, final=result.complete is not False)
+            result.timestamp.result_received = time()
 
     def complete_result(self, result: Result) -> None:
         """Decode the value (and inputs) of a received result; a hook for proxy resolution."""
