@@ -312,3 +312,17 @@ def test_thinker_runs_as_a_thread(queues, caplog):
         thinker.join(5)
     assert not thinker.is_alive()
     assert any(r.name == "bg.work" and r.message == "working" for r in caplog.records)
+
+
+@pytest.mark.parametrize("n_slots", [0, -1, True, 1.5])
+def test_a_submitter_must_take_at_least_one_slot(n_slots):
+    with pytest.raises(ValueError, match="n_slots must be a positive integer"):
+        task_submitter(task_type="sim", n_slots=n_slots)
+
+
+def test_a_slot_count_attribute_of_zero_fails_the_thinker_instead_of_spinning(queues):
+    thinker = Batch(queues, 5)
+    thinker.one = 0
+    with pytest.raises(AgentError, match="n_slots='one' is 0"):
+        thinker.run()
+    assert thinker.sent == 0

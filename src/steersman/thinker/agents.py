@@ -70,8 +70,13 @@ def task_submitter(func: Any = None, *, task_type: str | None = None,
     """Call a method each time `n_slots` slots of pool `task_type` are acquired.
 
     The method submits a task; a result processor releases the slots when it returns.
-    `n_slots` may name an attribute of the thinker holding the count.
+    `n_slots` may name an attribute of the thinker holding the count; the count must be at
+    least 1 (a task that takes no slot would be submitted in an endless loop).
     """
+    if isinstance(n_slots, bool) or not (isinstance(n_slots, str)
+                                         or isinstance(n_slots, int) and n_slots >= 1):
+        raise ValueError(f"n_slots must be a positive integer or an attribute's name, "
+                         f"got {n_slots!r}")
     return _decorate(func, AgentSpec("task_submitter",
                                      options={"task_type": task_type, "n_slots": n_slots}))
 
@@ -130,6 +135,9 @@ def _submit_tasks(thinker: BaseThinker, method: Callable[[], Any], options: dict
     assert rec is not None
     while not thinker.done.is_set():
         n_slots = thinker.resolve_count(options["n_slots"])
+        if n_slots == 0:
+            raise ValueError(f"a task submitter needs at least one slot a task; "
+                             f"n_slots={options['n_slots']!r} is 0")
         if rec.acquire(options["task_type"], n_slots, cancel_if=thinker.done):
             method()
 
