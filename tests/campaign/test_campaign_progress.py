@@ -19,6 +19,15 @@ def test_auto_mode_is_off_when_stdout_is_not_a_terminal() -> None:
     assert choose_mode("tqdm") == "tqdm"
 
 
+def test_progress_true_without_either_package_is_a_clear_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("steersman.campaign.progress._importable", lambda name: False)
+    with pytest.raises(ValueError, match=r"progress=True needs the 'tqdm' package"):
+        choose_mode(True)
+    monkeypatch.setattr("steersman.campaign.progress._importable", lambda name: name == "tqdm")
+    assert choose_mode(True) == "tqdm"
+
+
 def test_unknown_mode_names_the_choices() -> None:
     with pytest.raises(ValueError, match=r"unknown progress='fancy'; valid: None, True, False"):
         choose_mode("fancy")

@@ -199,15 +199,14 @@ def choose_mode(progress: bool | str | None) -> str:
         if not _stdout_is_terminal() or _tqdm_bars_open():
             return "off"
         return "rich" if _importable("rich") else "off"
-    if progress is True:
-        return "rich" if _importable("rich") else "tqdm"
     if progress is False or progress == "off":
         return "off"
-    if progress in ("rich", "tqdm"):
-        if not _importable(str(progress)):
-            raise ValueError(f"progress={progress!r} needs the {progress!r} package: "
+    mode = ("rich" if _importable("rich") else "tqdm") if progress is True else progress
+    if mode in ("rich", "tqdm"):
+        if not _importable(str(mode)):
+            raise ValueError(f"progress={progress!r} needs the {mode!r} package: "
                              "pip install 'steersman[progress]'")
-        return str(progress)
+        return str(mode)
     raise ValueError(f"unknown progress={progress!r}; valid: None, True, False, "
                      f"{', '.join(repr(m) for m in MODES)}")
 
