@@ -19,10 +19,6 @@ class TaskServerDied(QueueConnectionError):
     """The task server process ended while tasks were outstanding."""
 
 
-class KillSignalException(SteersmanError):
-    """Raised inside a task server loop when the kill signal arrives."""
-
-
 class TimeoutException(SteersmanError, TimeoutError):
     """A task ran longer than the timeout given at `send_inputs`."""
 
