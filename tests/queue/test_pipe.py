@@ -409,3 +409,18 @@ def test_an_observer_that_fails_does_not_leave_its_task_outstanding(pipe_queues)
     assert pipe_queues.active_count == 0 and pipe_queues.wait_until_done(timeout=1)
     pipe_queues.send_kill_signal()
     server.join(5)
+
+
+def test_queues_closed_and_dropped_leave_no_file_open():
+    import gc
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    PipeQueues().close()  # the first may open files kept for the process
+    gc.collect()
+    before = open_fds()
+    for _ in range(20):
+        PipeQueues().close()
+    gc.collect()
+    assert open_fds() - before < 5

@@ -21,6 +21,7 @@ import socket
 import struct
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.util import Finalize
 from typing import TYPE_CHECKING, Any
@@ -239,16 +240,17 @@ class PipeQueues(BaseQueues):
         # A thinker blocked sending requests reads results meanwhile: the server may be
         # blocked sending results, and a thinker may send many tasks before it waits for any.
         self._requests.on_full = self._drain_in_background
-        old = getattr(self, "_wake", None)
-        if old is not None:  # inherited through fork: this process gets its own
-            for fd in old:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        inherited = getattr(self, "_wake_closer", None)
+        if inherited is not None:  # inherited through fork: this process gets its own
+            inherited()
         self._wake: tuple[int, int] = os.pipe()  # made eagerly: close() and a reader race
+        # closed with the object, not by close(): a reader woken by close() may still look
+        self._wake_closer = weakref.finalize(self, _close_fds, self._wake)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.pop("_wake", None)
+        state.pop("_wake_closer", None)
         state["_lane"] = None  # a server or worker forked from this process has it already
         return state
 
@@ -354,6 +356,12 @@ class PipeQueues(BaseQueues):
             for close in (channel.close_reader, channel.close_writer):
                 with contextlib.suppress(OSError):
                     close()
+
+
+def _close_fds(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def write_all(fd: int, parts: Sequence[Frame], on_full: Callable[[], None] | None = None) -> None:
