@@ -112,6 +112,18 @@ def test_another_thinker_class_cannot_take_the_run_dir(tmp_path: Path) -> None:
         squares.Squares(PipeQueues(topics=["sim"]), 4, 1, 0.0, run_dir)
 
 
+def test_a_thinker_class_defined_in_a_function_can_take_its_run_dir_again(
+        tmp_path: Path) -> None:
+    class Local(BaseThinker):
+        @agent(startup=True)
+        def stop(self) -> None:
+            self.done.set()
+
+    for _ in range(2):
+        Local(PipeQueues(), run_dir=tmp_path, progress=False).run()
+    assert status(tmp_path)["sessions"] == 2
+
+
 def test_run_dir_is_held_by_one_live_thinker(tmp_path: Path) -> None:
     queues = PipeQueues(topics=["sim"])
     first = squares.Squares(queues, 4, 1, 0.0, tmp_path)

@@ -407,7 +407,7 @@ class Campaign:
             state = JournalState.load(journal) if journal.exists() else JournalState()
             previous = {s.get("thinker", "").rsplit(".", 1)[-1] for s in state.sessions}
             previous.discard("")
-            if previous and cls_name not in previous:
+            if previous and type(self.thinker).__name__ not in previous:  # module aside
                 raise ValueError(f"run dir {str(directory.path)!r} holds a campaign of "
                                  f"{sorted(previous)[0]}, not {cls_name}; use another run_dir")
             directory.update_params(self._initial_params)
