@@ -88,3 +88,36 @@ def test_inputs_of_a_request_that_could_not_be_sent_are_evicted(
         queues.send_inputs(BIG, method="echo")
     assert stored_objects(file_store) == 0
     queues.close()
+
+
+def test_inputs_of_a_request_resent_by_a_resumed_campaign_are_evicted_when_it_returns(
+    serve: Callable[..., PipeQueues], file_store: Store[Any], stored_objects: Count
+) -> None:
+    from steersman.models.messages import Kind, decode, encode, join
+
+    sent: list[Any] = []
+
+    class Keep:
+        def request_sent(self, result: Any) -> None:
+            sent.append(result)
+
+        def result_received(self, result: Any) -> None:
+            pass
+
+    options = {"proxystore_name": file_store.name, "proxystore_threshold": THRESHOLD}
+    first = new_queues(topics=["big"], **options)
+    first.add_observer(Keep())
+    first.send_inputs(BIG, method="echo", topic="big")
+    request = decode(join(encode(Kind.REQUEST, sent[0]))).result  # as a journal gives it back
+    assert request is not None
+    request.decode_inputs()
+    first._proxies._stored.clear()  # type: ignore[union-attr]  # killed: nothing evicted
+    first.close()
+    assert stored_objects(file_store) == 1
+
+    resumed = serve(**options)
+    resumed.resend(request)
+    result = resumed.get_result("big", timeout=20)
+    assert result is not None and result.success, result and result.failure_info
+    assert np.array_equal(result.value, BIG)
+    assert stored_objects(file_store) == 0

@@ -99,3 +99,32 @@ def test_user_proxies_pass_through_unresolved(
     assert isinstance(result.value, Proxy) and not is_resolved(result.value)
     assert np.array_equal(result.value, BIG)
     assert stored_objects(file_store) == 1  # the user's own object: the user evicts it
+
+
+def test_a_resumed_campaign_replays_plain_values_and_inputs_not_proxies(
+    serve: Callable[..., PipeQueues], file_store: Store[Any], stored_objects: Count,
+    tmp_path: Any,
+) -> None:
+    from steersman import BaseThinker, agent, result_processor
+
+    class Echo(BaseThinker):
+        seen: list[tuple[bool, Any, Any]] = []
+
+        @agent(startup=True)
+        def submit(self) -> None:
+            if not self.resumed:
+                self.queues.send_inputs(BIG, method="echo", topic="big")
+
+        @result_processor(topic="big")
+        def receive(self, result: Result) -> None:
+            self.seen.append((self.campaign.replaying, result.value, result.args[0]))
+            self.done.set()
+
+    for _ in range(2):  # the second run replays the first's journal
+        queues = serve(proxystore_name=file_store.name, proxystore_threshold=THRESHOLD)
+        Echo(queues, run_dir=tmp_path / "run", progress=False).run()
+    assert [replaying for replaying, _, _ in Echo.seen] == [False, True]
+    for _, value, arg in Echo.seen:
+        assert type(value) is np.ndarray and np.array_equal(value, BIG)
+        assert type(arg) is np.ndarray and np.array_equal(arg, BIG)
+    assert stored_objects(file_store) == 0

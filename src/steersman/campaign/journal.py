@@ -80,7 +80,9 @@ class RecordKind(IntEnum):
     REQUEST = 2  # fields: task_id, topic, method, [pool, slots] JSON, header JSON; frames: inputs
     RESULT = 3  # fields: task_id, topic, flags ("F" final, "S" success, "K" keep_inputs,
     # "P" or "J" its serialization: pickle or JSON; older journals have neither), header JSON
-    # as received, receipt (see receipt.py); frames: the value
+    # as received, receipt (see receipt.py), and for a result that carried proxies its
+    # results.jsonl line and (if it keeps its inputs) the inputs they resolved to; frames: the
+    # value (resolved from its proxy, if it had one)
     PROCESSED = 4  # result processors returned for these final results; field: task ids,
     # one a line
     RESENT = 5  # an unfinished request was sent again on resume; field: task_id

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import socket
 import threading
 import uuid
@@ -36,7 +37,7 @@ from time import time
 from typing import TYPE_CHECKING, Any
 
 from steersman.campaign.journal import JournalWriter, Record, RecordKind, read_journal
-from steersman.campaign.lines import LineWriter, line_of, lock_lines
+from steersman.campaign.lines import LINE_FIELD, LineWriter, line_of, lock_lines
 from steersman.campaign.progress import Counters, Display, choose_mode, make_display
 from steersman.campaign.receipt import (
     Decoded,
@@ -59,6 +60,8 @@ from steersman.models.serialization import (
     SerializationMethod,
     deserialize,
     deserialize_inputs,
+    serialize,
+    serialize_inputs,
 )
 
 if TYPE_CHECKING:
@@ -152,9 +155,30 @@ def decode_result(record: Record, request: Record | None) -> Result:
     method = result.serialization_method
     if record.frames:
         fields["value"] = deserialize(writable_frames(record.frames), method)
-    if request is not None and request.frames and result.keep_inputs:
+    if not result.keep_inputs:
+        return result
+    if record.field_count > INPUTS_FIELD:  # the inputs as resolved from their proxies
+        fields["inputs"] = deserialize_inputs([record.field_bytes(INPUTS_FIELD)], method)
+    elif request is not None and request.frames:
         fields["inputs"] = deserialize_inputs(writable_frames(request.frames), method)
     return result
+
+
+#: Index of the field of a RESULT record that carried proxies holding its resolved inputs.
+INPUTS_FIELD = LINE_FIELD + 1
+
+
+def _plain_payload(result: Result) -> tuple[list[Frame] | None, tuple[bytes, ...]]:
+    """The value frames and inputs field a result with proxies is journaled with: the plain
+    objects they resolved to, since the stored copies are evicted once resolved."""
+    method = result.serialization_method
+    frames = serialize(result.value, method) if result.success else None
+    if not result.keep_inputs:
+        return frames, ()
+    args, kwargs = result.inputs
+    if method is SerializationMethod.JSON:
+        return frames, (bytes(serialize_inputs(args, kwargs, method)[0]),)
+    return frames, (pickle.dumps((args, kwargs), protocol=5),)  # one field: in-band
 
 
 #: Payload frames up to this size are copied when queued for the journal; larger ones are not.
@@ -260,7 +284,8 @@ class Recording:
 
         Its results.jsonl line is made from it by the line writer (see lines.py), except for
         a result that carried proxies: only this process saw what they resolved to, so its
-        line is made here and goes in the record.
+        line is made here and goes in the record, with the plain value and inputs (their
+        stored copies are evicted, and a replay must not hand out proxies to nothing).
         """
         header = received_header(result)
         success = result.success
@@ -276,6 +301,8 @@ class Recording:
         if result.proxystore_name is not None:
             fields += (trace_line(header, receipt, Decoded(result.inputs),
                                   Decoded(result.value), method),)
+            frames, inputs = _plain_payload(result)
+            fields += inputs
         self.journal.enqueue(RecordKind.RESULT, fields, _kept(frames),
                              result.timestamp.result_received)
 

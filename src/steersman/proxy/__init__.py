@@ -120,6 +120,19 @@ class QueueProxies:
         if result.complete is not False:
             self.forget(result.task_id)
 
+    def adopt(self, request: Result) -> None:
+        """Take over the stored inputs of a request an earlier process sent (resent when a
+        campaign resumes), so they are evicted when its final result comes back."""
+        from steersman.proxy import _backend
+
+        args, kwargs = request.inputs
+        keys = [_backend.key_of(value) for value in (*args, *kwargs.values())
+                if _backend.is_ours(value)]
+        if keys:
+            self._own_records()
+            with self._lock:
+                self._stored[request.task_id] = keys
+
     def forget(self, task_id: str) -> None:
         """Evict the inputs stored for a task (its result came back, or it was never sent)."""
         self._own_records()

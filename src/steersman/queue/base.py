@@ -381,6 +381,8 @@ class BaseQueues(ABC):
         self._check_topic(request.topic)
         parts = encode(Kind.REQUEST, request, key=self._key)
         self.track(request.task_id, request.topic)
+        if self._proxies is not None:
+            self._proxies.adopt(request)
         try:
             self._send_request(parts)
         except BaseException:
