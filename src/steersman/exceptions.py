@@ -44,6 +44,11 @@ class ProxyFetchError(SteersmanError, RuntimeError):
     """A value passed by reference could not be fetched from its ProxyStore store."""
 
 
+class JournalError(SteersmanError, OSError):
+    """A campaign's journal could not be written (a full or failed disk): the campaign stops
+    rather than go on without recording what it does."""
+
+
 class RunDirectoryBusy(SteersmanError, RuntimeError):
     """Another live process holds the run directory."""
 

@@ -337,3 +337,30 @@ def test_queued_records_are_written_often_and_synced_less_often(tmp_path: Path,
     assert len(syncs) == 1  # written, not yet synced: the interval has not passed
     assert until(lambda: len(syncs) == 2)  # the sync follows without another record
     writer.close()
+
+
+def test_a_journal_that_cannot_be_written_stops_every_later_record(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A failed background write loses the records it took: the next record raises, and so
+    does close, which still closes the file."""
+    import errno
+
+    from steersman.exceptions import JournalError
+
+    def full(fd, parts, size, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = JournalWriter(tmp_path / "journal.bin")
+    monkeypatch.setattr(journal, "_write_at", full)
+    writer.enqueue(RecordKind.RESULT, (b"task0", b"sim", b"FS", b"{}", b""), (b"v",))
+    writer._syncer.join(timeout=10)  # it stops at the failure
+    assert not writer._syncer.is_alive()
+    with pytest.raises(JournalError, match="No space left on device"):
+        writer.enqueue(RecordKind.RESULT, (b"task1", b"sim", b"FS", b"{}", b""), (b"v",))
+    with pytest.raises(JournalError):
+        writer.defer(RecordKind.PROCESSED, "task0")
+    with pytest.raises(JournalError):
+        writer.append(RecordKind.END, [b"{}"])
+    with pytest.raises(JournalError):
+        writer.close()
+    assert writer._fd == -1

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 import squares
 
-from steersman import BaseThinker, LocalTaskServer, PipeQueues, Result, agent, result_processor
+from steersman import (
+    AgentError,
+    BaseThinker,
+    LocalTaskServer,
+    PipeQueues,
+    Result,
+    agent,
+    result_processor,
+)
 from steersman.campaign import record, status
 from steersman.campaign.journal import RecordKind, iter_records, read_journal
 from steersman.campaign.rundir import RunDirectoryBusy
@@ -122,6 +130,30 @@ def test_a_thinker_class_defined_in_a_function_can_take_its_run_dir_again(
     for _ in range(2):
         Local(PipeQueues(), run_dir=tmp_path, progress=False).run()
     assert status(tmp_path)["sessions"] == 2
+
+
+def test_a_campaign_whose_journal_cannot_be_written_stops_with_the_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from steersman.campaign import journal
+    from steersman.exceptions import JournalError
+
+    real, writes = journal._write_at, []
+
+    def fills_up(*args: object) -> None:
+        writes.append(1)
+        if len(writes) > 1:  # the first is the session record
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(*args)
+
+    monkeypatch.setattr(journal, "_write_at", fills_up)
+    with pytest.raises((JournalError, AgentError)) as caught:
+        _run(tmp_path / "run", n=400)
+    error = caught.value
+    assert isinstance(error if isinstance(error, JournalError) else error.error, JournalError)
+    assert "No space left on device" in str(error)
+    assert not status(tmp_path / "run")["alive"]
 
 
 def test_run_dir_is_held_by_one_live_thinker(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ from pathlib import Path
 from time import monotonic, time
 from typing import Any, NamedTuple
 
+from steersman.exceptions import JournalError
 from steersman.models.serialization import Frame
 
 logger = logging.getLogger(__name__)
@@ -373,6 +374,7 @@ class JournalWriter:
         self._deferred: dict[RecordKind, deque[str]] = {  # strings: no work for the GC
             kind: deque() for kind in RecordKind}
         self._hooks: list[Callable[[], None]] = []
+        self._failure: JournalError | None = None  # a write failed: records were lost
         self._lock = threading.Lock()
         self._dirty = threading.Event()
         self._closing = threading.Event()
@@ -399,6 +401,8 @@ class JournalWriter:
     def enqueue(self, kind: RecordKind, fields: Sequence[bytes | memoryview],
                 frames: Sequence[Frame] = (), when: float | None = None) -> None:
         """Queue one record (see the class). Its fields and frames must not change after."""
+        if self._failure is not None:
+            raise self._failure
         code, when = _CODES[kind], time() if when is None else when
         if len(frames) > 1:  # out-of-band buffers (arrays): rare, a tuple
             self._queue.append((code, when, fields, frames))
@@ -410,6 +414,8 @@ class JournalWriter:
     def defer(self, kind: RecordKind, text: str) -> None:
         """Keep a one-field record until the next write, where those of a kind are merged into
         one (their fields one a line), after the records queued before them."""
+        if self._failure is not None:
+            raise self._failure
         self._deferred[kind].append(text)
         if not self._dirty.is_set():
             self._dirty.set()
@@ -438,7 +444,13 @@ class JournalWriter:
 
     def _write(self, items: list[Any]) -> None:
         """Write the records of `items` at the end, in batches of at most
-        :data:`BATCH_RECORDS` (called with the lock held)."""
+        :data:`BATCH_RECORDS` (called with the lock held).
+
+        A failed write loses records taken from the queue: every later call raises
+        :class:`JournalError`, so the campaign stops instead of going on unrecorded.
+        """
+        if self._failure is not None:
+            raise self._failure
         parts: list[Frame] = []
         size = 0
         for batch, buffered in _batches(items):
@@ -446,7 +458,12 @@ class JournalWriter:
             parts.append(prefix)
             parts += body
             size += whole
-        _write_at(self._fd, parts, size, self._end)
+        try:
+            _write_at(self._fd, parts, size, self._end)
+        except OSError as exc:
+            self._failure = JournalError(f"could not write the journal {self.path}: {exc}")
+            logger.error("%s; the campaign stops", self._failure)
+            raise self._failure from exc
         self._end += size
 
     def add_sync_hook(self, hook: Callable[[], None]) -> None:
@@ -466,12 +483,17 @@ class JournalWriter:
         self._closing.set()
         self._dirty.set()
         self._syncer.join()
-        self._write_all()
-        with self._lock:
-            os.ftruncate(self._fd, self._end)  # past the end: only what a failed write left
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+        try:
+            self._write_all()
+            if self._failure is not None:  # records were lost: say so, even at the end
+                raise self._failure
+            with self._lock:
+                os.ftruncate(self._fd, self._end)  # past the end: what a failed write left
+                os.fsync(self._fd)
+        finally:
+            with self._lock:
+                os.close(self._fd)
+                self._fd = -1
 
     def _write_all(self) -> None:
         self.write_queued()
@@ -495,8 +517,11 @@ class JournalWriter:
                     synced = monotonic()
                 elif not self._dirty.is_set():  # the written records still need the sync
                     self._dirty.set()
-            except OSError as exc:  # the file was closed under us, or the disk failed
-                logger.error("cannot sync the journal %s: %s", self.path, exc)
+            except JournalError:  # logged; the agents' next records raise it
+                return
+            except OSError as exc:  # the sync failed: what was written may not survive
+                self._failure = JournalError(f"could not sync the journal {self.path}: {exc}")
+                logger.error("%s; the campaign stops", self._failure)
                 return
             self._closing.wait(WRITE_INTERVAL)  # batch: at most one write per interval
 

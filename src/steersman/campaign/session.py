@@ -20,6 +20,7 @@ Resume, when the thinker starts on a run directory that holds a journal:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import hashlib
@@ -309,16 +310,20 @@ class Recording:
     def close(self, outcome: dict[str, Any] | None) -> None:
         """Write the outcome (None: none, as if the thinker were killed), close the journal,
         and wait for the line writer to write the last lines."""
-        self.journal.write_queued()  # results and processed marks before the end
-        if outcome is not None:
-            self.journal.append(RecordKind.END, [to_json(outcome).encode()])
-        self.journal.close()
+        with contextlib.ExitStack() as cleanup:  # each step even if one before failed
+            cleanup.callback(self.dir.close_traces)
+            cleanup.callback(self._finish_lines)
+            cleanup.callback(self.journal.close)
+            self.journal.write_queued()  # results and processed marks before the end
+            if outcome is not None:
+                self.journal.append(RecordKind.END, [to_json(outcome).encode()])
+
+    def _finish_lines(self) -> None:
         if not self.lines.finish():
             logger.error("the results.jsonl writer failed; rebuilding its lines from the "
                          "journal")
             self.state = JournalState.load(self.journal.path)
             self._catch_up_results()
-        self.dir.close_traces()
 
     def _catch_up_results(self) -> None:
         """Make results.jsonl hold exactly one line per journaled result, in order.
