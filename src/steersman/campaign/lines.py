@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import logging
 import os
 import pickle
 import select
@@ -45,6 +46,8 @@ from steersman.campaign.journal import Batch, RecordKind, iter_batches
 from steersman.campaign.receipt import trace_line
 from steersman.models.serialization import Frame, SerializationMethod
 from steersman.queue.pipe import write_all
+
+logger = logging.getLogger(__name__)
 
 #: Bytes of the journal read at a time (a batch larger than this is read whole).
 CHUNK = 1 << 20
@@ -257,7 +260,7 @@ class LineWriter:
             self._follower.follow(read_fd, None)
         except BaseException:
             self._broken = True
-            traceback.print_exc()
+            logger.exception("the results.jsonl writer failed")
         finally:
             os.close(read_fd)
             self._follower.close()
@@ -286,7 +289,7 @@ def _child(follower: _Follower, wake_fd: int, parent: int, keep: set[int]) -> No
         if follower.alive():
             follower.follow(wake_fd, _pidfd(parent))
         code = 0
-    except BaseException:
+    except BaseException:  # to stderr: this process closed the log's files
         with contextlib.suppress(BaseException):
             traceback.print_exc()
     finally:
