@@ -28,6 +28,7 @@ if str(HERE.parent) not in sys.path:  # the helpers shared by the examples live 
     sys.path.insert(0, str(HERE.parent))
 
 from _shared.chem import compute_vertical, preload, run_model, train_model  # noqa: E402
+from _shared.cli import HelpFormatter  # noqa: E402
 from _shared.loading import load_module  # noqa: E402
 from _shared.runlog import new_run_dir, read_results  # noqa: E402
 
@@ -162,7 +163,7 @@ def figure(summaries: list[dict[str, Any]], run_dir: Path, args: argparse.Namesp
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="molecular_design", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="directory of the run (default: runs/molecular_design-<time>)")
     parser.add_argument("--thinkers", nargs="+", choices=list(thinkers.THINKERS),

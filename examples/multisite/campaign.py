@@ -32,6 +32,7 @@ if str(HERE.parent) not in sys.path:  # the helpers shared by the examples live 
     sys.path.insert(0, str(HERE.parent))
 
 from _shared.chem import compute_vertical, preload, run_model, train_model  # noqa: E402
+from _shared.cli import HelpFormatter  # noqa: E402
 from _shared.runlog import new_run_dir, read_results  # noqa: E402
 
 from steersman import (  # noqa: E402
@@ -374,7 +375,7 @@ def site_figure(run_dir: Path, report: dict[str, Any], path: Path) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="multisite", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="directory of the run (default: runs/multisite-<time>)")
     group = parser.add_argument_group("problem")

@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:  # the helpers shared by the examples live in examples/
     sys.path.insert(0, str(HERE.parent))
 
+from _shared.cli import HelpFormatter  # noqa: E402
 from _shared.plots import allocation_figure  # noqa: E402
 from _shared.runlog import new_run_dir, read_allocation, read_results  # noqa: E402
 
@@ -225,7 +226,7 @@ class ReallocationThinker(BaseThinker):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="reallocation", description=__doc__.split("\n\n")[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="directory for the run's files (default: runs/reallocation-<time>)")
     parser.add_argument("--dim", type=int, default=4, help="dimensions of the Ackley function")

@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
+from _shared.cli import HelpFormatter  # noqa: E402
 from _shared.loading import load_module  # noqa: E402
 from _shared.runlog import new_run_dir, read_results  # noqa: E402
 
@@ -30,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="reallocation-compare", description=__doc__.split("\n\n")[0],
         epilog="Other options (e.g. --budget 60 --sim-time 0.01 0.05) go to each campaign; "
                "see campaign.py --help.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5, 6],
                         help="seeds of the random order and run times")
     parser.add_argument("--run-dir", type=Path, default=None,
