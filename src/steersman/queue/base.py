@@ -356,7 +356,8 @@ class BaseQueues(ABC):
         self._send_request(encode(Kind.KILL, key=self._key))
 
     def wait_until_done(self, timeout: float | None = None) -> bool:
-        """Wait until every task sent has come back; False if `timeout` passed first."""
+        """Wait until the final result of every task sent has been taken (by `get_result` or
+        a result processor); False if `timeout` passed first."""
         deadline = None if timeout is None else monotonic() + timeout
         with self._lock:
             while self._active_total > 0:
