@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from steersman.cli import main
+from steersman.cli import format_status, main
 
 SQUARES = Path(__file__).parent / "campaign" / "campaigns" / "squares.py"
 COMMANDS = ["run", "status", "resume", "report", "allocate"]
@@ -84,6 +84,27 @@ def test_run_status_report_resume(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "finished; nothing to resume" in capsys.readouterr().err
     assert main(["resume", str(run_dir), "--force"]) == 0  # replays, sends nothing new
     assert json.loads((run_dir / "params.json").read_text())["campaign"]["args"] == args
+
+
+def test_a_run_dir_that_cannot_be_used_is_one_line(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("")
+    args = ["--tasks", "2", "--delay", "0", "--run-dir"]
+    assert main(["run", str(SQUARES), *args, str(tmp_path / "afile")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists and is not a directory" in err
+    assert main(["run", str(SQUARES), *args, str(tmp_path / "run")]) == 0
+    assert main(["run", str(SQUARES), *args, str(tmp_path / "run"), "--style", "chain"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a campaign of Squares, not Chain" in err
+
+
+def test_status_says_how_to_continue_a_run_not_started_by_the_cli(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    info = {"run_dir": str(tmp_path), "state": "killed", "alive": False}
+    assert "continue it with: run the campaign again" in format_status(info)
+    info["campaign"] = {"path": "c.py", "args": []}
+    assert f"continue it with: steersman resume {tmp_path}" in format_status(info)
 
 
 def test_resume_needs_a_run_started_by_the_cli(tmp_path: Path,

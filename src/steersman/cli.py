@@ -14,7 +14,7 @@ from datetime import datetime
 from time import time
 from typing import Any, NoReturn
 
-from steersman.exceptions import SteersmanError
+from steersman.exceptions import RunDirectoryError, SteersmanError
 
 PROG = "steersman"
 #: Errors the CLI reports as one line, not a traceback.
@@ -106,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KNOWN_ERRORS as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    return outcome()  # a campaign's own errors keep their traceback
+    try:
+        return outcome()  # a campaign's own errors keep their traceback
+    except RunDirectoryError as exc:  # raised as its thinker is made, before anything ran
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 # --- subcommands ----------------------------------------------------------------------------
@@ -181,7 +185,9 @@ def format_status(info: dict[str, Any]) -> str:
         holder = info.get("holder") or {}
         state += f" (alive: pid {holder.get('pid', '?')} on {holder.get('host', '?')})"
     elif state in ("killed", "interrupted", "failed"):
-        state += f" (not alive; continue it with: {PROG} resume {info['run_dir']})"
+        how = (f"{PROG} resume {info['run_dir']}" if campaign else
+               f"run the campaign again with its run dir {info['run_dir']}")
+        state += f" (not alive; continue it with: {how})"
     lines.append(f"state      {state}")
     if info.get("error"):
         lines.append(f"error      {info['error']}")
@@ -206,7 +212,7 @@ def format_status(info: dict[str, Any]) -> str:
             ok = "ok" if entry.get("success") else "FAILED"
             when = _clock(entry["received"]) if entry.get("received") else "-"
             lines.append(f"  {when}  {entry.get('topic')}  {entry.get('method')}  {ok}  "
-                         f"{entry.get('value')}  (task {str(entry.get('task_id'))[:12]})")
+                         f"{entry.get('value')}  (task {entry.get('task_id')})")
     return "\n".join(lines)
 
 

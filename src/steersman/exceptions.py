@@ -49,7 +49,11 @@ class JournalError(SteersmanError, OSError):
     rather than go on without recording what it does."""
 
 
-class RunDirectoryBusy(SteersmanError, RuntimeError):
+class RunDirectoryError(SteersmanError, ValueError):
+    """A run directory cannot be used: not a directory, or the record of another campaign."""
+
+
+class RunDirectoryBusy(RunDirectoryError):
     """Another live process holds the run directory."""
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from time import time
 from typing import Any
 
-from steersman.exceptions import RunDirectoryBusy
+from steersman.exceptions import RunDirectoryBusy, RunDirectoryError
 from steersman.models.result import jsonable
 
 logger = logging.getLogger(__name__)
@@ -91,13 +91,14 @@ class RunDirectory:
         owner: What the lock file names as holder (shown by ``steersman status``).
 
     Raises:
+        RunDirectoryError: If the path exists and is not a directory.
         RunDirectoryBusy: If another live process holds the directory.
     """
 
     def __init__(self, path: str | os.PathLike[str], owner: str = ""):
         self.path = Path(path).expanduser().resolve()
         if self.path.exists() and not self.path.is_dir():
-            raise NotADirectoryError(f"run_dir {str(self.path)!r} exists and is not a directory")
+            raise RunDirectoryError(f"run dir {str(self.path)!r} exists and is not a directory")
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _take_lock(self.path / LOCK, owner)
         self._params_lock = threading.Lock()

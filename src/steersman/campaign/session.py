@@ -54,7 +54,7 @@ from steersman.campaign.rundir import (
     current_launch,
     to_json,
 )
-from steersman.exceptions import AgentError
+from steersman.exceptions import AgentError, RunDirectoryError
 from steersman.models.result import Result, writable_frames
 from steersman.models.serialization import (
     Frame,
@@ -440,7 +440,7 @@ class Campaign:
             previous = {s.get("thinker", "").rsplit(".", 1)[-1] for s in state.sessions}
             previous.discard("")
             if previous and type(self.thinker).__name__ not in previous:  # module aside
-                raise ValueError(f"run dir {str(directory.path)!r} holds a campaign of "
+                raise RunDirectoryError(f"run dir {str(directory.path)!r} holds a campaign of "
                                  f"{sorted(previous)[0]}, not {cls_name}; use another run_dir")
             directory.update_params(self._initial_params)
             directory.attach_log(["steersman", self.thinker._logger_name])
