@@ -26,6 +26,14 @@ def test_amdahl_values_and_limits() -> None:
     assert curve.concave
 
 
+@pytest.mark.parametrize("f", [0.0, 0.5, 1.0])
+def test_amdahl_zero_cores_is_zero_for_every_fraction(f: float) -> None:
+    curve = AmdahlCurve(f, base=3.0)
+    values = curve.values(4)
+    assert values[0] == 0.0
+    assert np.array_equal(values, [curve(c) for c in range(5)])
+
+
 @given(f=st.floats(0, 1), base=st.floats(0.1, 100), y=st.floats(0.0, 200), hi=st.integers(1, 500))
 @settings(max_examples=200, deadline=None)
 def test_amdahl_min_cores_matches_scan(f: float, base: float, y: float, hi: int) -> None:

@@ -111,3 +111,22 @@ def test_random_operations_keep_invariants() -> None:
                 assert not (set(reply["grow"]) & set().union(*held.values()))
                 held.setdefault(client, set()).update(reply["grow"])
         rm.check_invariants()
+
+
+@pytest.mark.parametrize(("message", "error"), [
+    ({"op": "invade", "curve": {"points": [[1]]}}, "point [1] must be a (cores, throughput) pair"),
+    ({"op": "invade", "min": float("inf")}, "min=inf for 'bad' must be a whole number"),
+    ({"op": "invade", "curve": {"points": 5}}, "TypeError: 'int' object is not iterable"),
+    ({"op": "release", "cores": 5}, "TypeError: 'int' object is not iterable"),
+    ({"op": "release", "cores": [float("inf")]},
+     "OverflowError: cannot convert float infinity to integer"),
+])
+def test_malformed_messages_are_refused_and_others_served(message: dict, error: str) -> None:
+    rm = ResourceManager(4)
+    rm.handle([("good", _invade(1, 4))], now=0.0)
+    rm.handle([("bad", _invade(0, 0))], now=0.0)
+    out = rm.handle([("bad", message), ("late", _invade(1, 4))], now=0.1)
+    assert ("bad", {"op": "error", "error": error}) in out
+    assert any(c == "late" and m["op"] == "update" and m["invaded"] for c, m in out)
+    assert rm.apps["good"].cores
+    rm.check_invariants()

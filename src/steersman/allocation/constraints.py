@@ -65,8 +65,8 @@ class Constraint:
             )
         return cls(
             name=name,
-            min=int(data.get("min", 0)),
-            max=None if data.get("max") is None else int(data["max"]),
+            min=_whole(name, "min", data.get("min", 0)),
+            max=None if data.get("max") is None else _whole(name, "max", data["max"]),
             curve=curve_from_spec(data.get("curve")),
             workload=None if data.get("workload") is None else float(data["workload"]),
             weight=float(data.get("weight", 1.0)),
@@ -81,6 +81,13 @@ class Constraint:
             "workload": self.workload,
             "weight": self.weight,
         }
+
+
+def _whole(name: str, key: str, value: Any) -> int:
+    try:
+        return int(value)
+    except (OverflowError, TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} for {name!r} must be a whole number") from None
 
 
 def check(constraints: Sequence[Constraint], total: int) -> None:

@@ -95,7 +95,9 @@ class AmdahlCurve(Curve):
     def values(self, upto: int) -> np.ndarray:
         c = np.arange(upto + 1, dtype=float)
         f = self.serial_fraction
-        return self.base * c / (f * c + 1.0 - f)
+        out = np.zeros_like(c)  # S(0) = 0 even for f = 1, where the formula gives 0 / 0
+        out[1:] = self.base * c[1:] / (f * c[1:] + 1.0 - f)
+        return out
 
     def min_cores(self, throughput: float, lo: int, hi: int) -> int | None:
         if throughput <= 0.0:
@@ -127,7 +129,7 @@ class PointsCurve(Curve):
     """
 
     def __init__(self, points: Iterable[Sequence[float]]):
-        pairs = [(float(p[0]), float(p[1])) for p in points]
+        pairs = [_pair(p) for p in points]
         if not pairs:
             raise ValueError("points=[] must hold at least one (cores, throughput) pair")
         xs = [x for x, _ in pairs]
@@ -167,6 +169,13 @@ class PointsCurve(Curve):
 
     def __repr__(self) -> str:
         return f"PointsCurve({self.points!r})"
+
+
+def _pair(point: Sequence[float]) -> tuple[float, float]:
+    try:
+        return float(point[0]), float(point[1])
+    except (IndexError, TypeError, ValueError):
+        raise ValueError(f"point {point!r} must be a (cores, throughput) pair") from None
 
 
 class MeasuredCurve(Curve):

@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 Outbox = list[tuple[str, Message]]
 
+_BAD_INPUT = (ArithmeticError, AttributeError, LookupError, TypeError, ValueError)
+"""What a malformed message raises while it is read (IndexError, OverflowError, ...)."""
+
 
 @dataclass(eq=False)
 class _App:
@@ -49,6 +52,13 @@ class _Pending:
     shrink: list[int] = field(default_factory=list)
     reply: bool = False
     error: str | None = None
+
+
+def _refusal(client: str, message: Message, exc: Exception) -> str:
+    """Log a refused message and say why, for the error reply to its sender."""
+    expected = isinstance(exc, _BAD_INPUT)
+    logger.warning("bad message from %r: %s (%r)", client, exc, message, exc_info=not expected)
+    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
 
 
 class ResourceManager:
@@ -89,9 +99,8 @@ class ResourceManager:
         for client, message in batch:
             try:
                 self._handle_one(client, message, now, pending)
-            except (ValueError, TypeError, KeyError) as exc:
-                logger.warning("bad message from %r: %s (%r)", client, exc, message)
-                pending.setdefault(client, _Pending()).error = str(exc)
+            except Exception as exc:  # one client's bad message must not stop the others
+                pending.setdefault(client, _Pending()).error = _refusal(client, message, exc)
         self._expire(now, pending)
         if self._dirty:
             self._plan()

@@ -12,16 +12,35 @@ fills them and registers its address scheme in `SCHEMES`:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["SCHEMES", "ClientChannel", "Message", "ServerChannel", "connect", "listen"]
+__all__ = ["SCHEMES", "ClientChannel", "Message", "ServerChannel", "connect", "decode", "listen"]
 
 Message = dict[str, Any]
 
 DISCONNECT = "disconnect"
 """Op of the message a server channel yields when it sees a client's connection drop."""
+
+
+def decode(raw: str | bytes) -> Message:
+    """The message in one frame or list item; ValueError unless it is a JSON object.
+
+    Channels call it at their boundary so that a malformed message is refused there, never
+    passed on to the manager or its clients.
+    """
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise ValueError(f"a message must be JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("a message must be a JSON object, not one nested this deep") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"a message must be a JSON object, not {type(value).__name__} "
+                         f"{str(value)[:80]}")
+    return value
 
 
 class ServerChannel(Protocol):

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from steersman.allocation.channels import Message
+from steersman.allocation.channels import Message, decode
 from steersman.exceptions import QueueConnectionError
 
 __all__ = ["RedisClient", "RedisServer", "parse_redis_address"]
@@ -68,17 +68,21 @@ class RedisServer:
         return self._address
 
     def recv(self, timeout: float | None) -> tuple[str, Message] | None:
+        """Next message; malformed ones are logged and dropped (None if only those came)."""
         if not self._pending:
-            self._pending = list(self._redis.lpop(self._inbox_key, _DRAIN) or [])
-        if not self._pending:
-            if timeout is not None and timeout <= 0:
-                return None
+            self._fill(timeout)
+        while self._pending:
+            item = _addressed(self._pending.pop(0))
+            if item is not None:
+                return item
+        return None
+
+    def _fill(self, timeout: float | None) -> None:
+        self._pending = list(self._redis.lpop(self._inbox_key, _DRAIN) or [])
+        if not self._pending and not (timeout is not None and timeout <= 0):
             item = self._redis.blpop([self._inbox_key], timeout=_timeout(timeout))
-            if item is None:
-                return None
-            self._pending = [item[1]]
-        message = json.loads(self._pending.pop(0))
-        return str(message.pop("client", "")), message
+            if item is not None:
+                self._pending = [item[1]]
 
     def send(self, client: str, message: Message) -> None:
         key = f"{self._prefix}:client:{client}"
@@ -94,6 +98,20 @@ class RedisServer:
     def close(self) -> None:
         self._redis.delete(self._inbox_key)
         self._redis.close()
+
+
+def _addressed(raw: bytes) -> tuple[str, Message] | None:
+    """(client, message) of a raw item, or None (logged) when it cannot be read or answered."""
+    try:
+        message = decode(raw)
+        client = message.pop("client", None)
+        if not isinstance(client, str) or not client:
+            raise ValueError(f"a message must name its client as a string, not {client!r}")
+    except ValueError as exc:
+        logger.warning("dropping a malformed message with no one to answer: %s (%r)", exc,
+                       raw[:200])
+        return None
+    return client, message
 
 
 class RedisClient:
@@ -115,7 +133,7 @@ class RedisClient:
         else:
             item = self._redis.blpop([self._own_key], timeout=_timeout(timeout))
             raw = None if item is None else item[1]
-        return None if raw is None else dict(json.loads(raw))
+        return None if raw is None else decode(raw)
 
     def close(self) -> None:
         self._redis.delete(self._own_key)

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from time import monotonic
 
-from steersman.allocation.channels import DISCONNECT, Message
+from steersman.allocation.channels import DISCONNECT, Message, decode
 from steersman.exceptions import QueueConnectionError
 
 __all__ = ["SocketClient", "SocketServer", "parse_address"]
@@ -52,8 +52,8 @@ def _frame(message: Message) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def _unframe(buffer: bytearray) -> list[Message]:
-    """Pop every complete message off the front of `buffer`."""
+def _unframe(buffer: bytearray) -> list[bytes]:
+    """Pop every complete frame's body off the front of `buffer`."""
     out = []
     while len(buffer) >= _HEADER.size:
         (size,) = _HEADER.unpack_from(buffer)
@@ -61,7 +61,7 @@ def _unframe(buffer: bytearray) -> list[Message]:
             raise ValueError(f"frame of {size} bytes exceeds the {_MAX_FRAME}-byte limit")
         if len(buffer) < _HEADER.size + size:
             break
-        out.append(json.loads(bytes(buffer[_HEADER.size:_HEADER.size + size])))
+        out.append(bytes(buffer[_HEADER.size:_HEADER.size + size]))
         del buffer[:_HEADER.size + size]
     return out
 
@@ -87,24 +87,30 @@ class SocketServer:
         self._family = family
         self._path: str | None = None
         sock = socket.socket(family, socket.SOCK_STREAM)
-        if isinstance(target, str):
-            _remove_stale_socket(target)
-            sock.bind(target)
-            os.chmod(target, 0o600)
-            self._path = target
-            self._address = address
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(target)
-            host, port = sock.getsockname()[:2]
-            self._address = f"tcp://{target[0]}:{port}"
-        sock.listen(1024)
+        try:
+            self._address = self._bind(sock, address, target)
+            sock.listen(1024)
+        except BaseException:  # an address that cannot be served must not leak the socket
+            sock.close()
+            raise
         sock.setblocking(False)
         self._listener = sock
         self._sel = selectors.DefaultSelector()
         self._sel.register(sock, selectors.EVENT_READ, None)
         self._inbox: deque[tuple[str, Message]] = deque()
         self._clients: dict[str, _Conn] = {}
+
+    def _bind(self, sock: socket.socket, address: str, target: str | tuple[str, int]) -> str:
+        """Bind `sock` to `target`; returns the address clients use (the real TCP port)."""
+        if isinstance(target, str):
+            _remove_stale_socket(target)
+            sock.bind(target)
+            os.chmod(target, 0o600)
+            self._path = target
+            return address
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(target)
+        return f"tcp://{target[0]}:{sock.getsockname()[1]}"
 
     @property
     def address(self) -> str:
@@ -163,17 +169,34 @@ class SocketServer:
             return
         conn.buffer += data
         try:
-            messages = _unframe(conn.buffer)
+            bodies = _unframe(conn.buffer)
         except ValueError as exc:
             logger.warning("closing a connection that sent a bad frame: %s", exc)
             self._drop(conn)
             return
-        for message in messages:
-            client = str(message.pop("client", conn.client))
-            if conn.client is None:
-                conn.client = client
-                self._clients[client] = conn
-            self._inbox.append((conn.client, message))
+        for body in bodies:
+            self._receive(conn, body)
+
+    def _receive(self, conn: _Conn, body: bytes) -> None:
+        """Queue one message; a malformed one is refused and the connection kept."""
+        try:
+            message = decode(body)
+            client = message.pop("client", conn.client)
+            if not isinstance(client, str) or not client:
+                raise ValueError(f"a message must name its client as a string, not {client!r}")
+        except ValueError as exc:
+            self._refuse(conn, str(exc))
+            return
+        if conn.client is None:
+            conn.client = client
+            self._clients[client] = conn
+        self._inbox.append((conn.client, message))
+
+    def _refuse(self, conn: _Conn, error: str) -> None:
+        """Answer a malformed message with an error if its sender is known, else drop it."""
+        logger.warning("refusing a message from %s: %s", conn.client or "an unnamed client", error)
+        if conn.client is not None:
+            self.send(conn.client, {"op": "error", "error": error})
 
     def _drop(self, conn: _Conn) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -257,7 +280,7 @@ class SocketClient:
         if not data:
             raise QueueConnectionError("the allocation manager closed the connection")
         self._buffer += data
-        self._messages.extend(_unframe(self._buffer))
+        self._messages.extend(decode(body) for body in _unframe(self._buffer))
 
     def close(self) -> None:
         with contextlib.suppress(OSError, KeyError, ValueError):
