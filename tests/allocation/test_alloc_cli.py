@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from steersman.allocation.cli import configure_parser, run
+from steersman.allocation.cli import configure_parser, main, run
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -53,6 +53,8 @@ def test_json_file_and_cores_override(tmp_path: Path, capsys: pytest.CaptureFixt
         ("applications: {a: {min: 9}}\ncores: 4", ".yaml", "min=9 for 'a' exceeds"),
         ("applications: {a: {curve: {linear: 1}}}\ncores: 4", ".yaml", "'amdahl' or 'points'"),
         ("cores: 4", ".yaml", "'applications' is missing"),
+        ("applications: {a: {min: .inf}}\ncores: 4", ".yaml", "min=inf for 'a' must be a whole"),
+        ("applications: {a: {curve: [[1]]}}\ncores: 4", ".yaml", "point [1] must be a (cores, "),
         ("applications: {a: {}}\ncores: 4\ntarget: speed", ".yaml", "unknown target 'speed'"),
     ],
 )
@@ -67,6 +69,23 @@ def test_bad_files_give_one_clear_line(
     assert err.count("\n") == 1
 
 
-def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run("/nonexistent/constraints.yaml") == 2
-    assert "cannot read" in capsys.readouterr().err
+def test_missing_or_unreadable_file_is_a_failure_not_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe")
+    for path in ("/nonexistent/constraints.yaml", str(tmp_path), str(binary)):
+        assert _run(path) == 1  # exit 1 like status/report; 2 is for usage errors
+        err = capsys.readouterr().err
+        assert err.startswith(f"steersman allocate: error: cannot read {path!r}: ")
+        assert err.count("\n") == 1
+
+
+def test_both_entry_points_exit_1_for_a_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
+    from steersman.cli import main as steersman_main
+
+    assert main([str(EXAMPLE)]) == 0
+    assert "target: throughput   cores: 64" in capsys.readouterr().out
+    assert main(["/nonexistent/constraints.yaml"]) == 1
+    assert steersman_main(["allocate", "/nonexistent/constraints.yaml"]) == 1
+    assert capsys.readouterr().err.count("\n") == 2

@@ -201,3 +201,49 @@ def test_reinvade_waits_for_a_change_not_for_any_message(monkeypatch) -> None:
     client = AllocationClient("unix:///unused", "late")
     assert client.reinvade(timeout=5) == [0, 1, 2, 3]
     assert client.reinvade(timeout=0.05) is None
+
+
+class _QueuedChannel:
+    """A manager whose replies are all waiting already; records what the client sends."""
+
+    def __init__(self, replies: list[dict]) -> None:
+        self.replies = list(replies)
+        self.sent: list[dict] = []
+
+    def send(self, message: dict) -> None:
+        self.sent.append(message)
+
+    def recv(self, timeout: float | None) -> dict | None:
+        return self.replies.pop(0) if self.replies else None
+
+    def close(self) -> None:
+        pass
+
+
+def test_reinvade_applies_the_updates_queued_behind_an_error(monkeypatch) -> None:
+    channel = _QueuedChannel([{"op": "update", "grow": [0, 1, 2, 3], "invaded": True}])
+    monkeypatch.setattr("steersman.allocation.client.connect", lambda address, name: channel)
+    released: list[list[int]] = []
+    client = AllocationClient("unix:///unused", "a", on_release=released.append)
+    assert client.reinvade() == [0, 1, 2, 3]
+    channel.replies = [{"op": "error", "error": "throughput=nan must be finite and >= 0"},
+                       {"op": "update", "grow": [], "shrink": [2, 3], "invaded": False}]
+    with pytest.raises(ValueError, match="throughput=nan"):
+        client.reinvade()
+    assert client.cores == [0, 1]
+    assert released == [[2, 3]] and channel.sent[-1] == {"op": "release", "cores": [2, 3]}
+    assert client.reinvade() is None
+
+
+def test_manager_thread_start_up_error_is_raised_at_once(tmp_path) -> None:
+    fds = os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else None
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="failed to start: ValueError: .*valid schemes"):
+        ManagerProcess(4, address="carrier-pigeon://x", thread=True).start(timeout=20)
+    assert time.monotonic() - start < 10  # not the whole start timeout
+    not_a_socket = tmp_path / "file"
+    not_a_socket.write_text("")
+    with pytest.raises(RuntimeError, match="is not a socket"):
+        ManagerProcess(4, address=f"unix://{not_a_socket}", thread=True).start(timeout=20)
+    if fds is not None:  # the start-up pipe's two ends are closed
+        assert len(os.listdir("/proc/self/fd")) <= len(fds)

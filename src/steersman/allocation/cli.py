@@ -30,11 +30,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def load_file(
     path: Path, cores: int | None = None, target: str | None = None
 ) -> tuple[list[Constraint], int, str, PowerModel]:
-    """Read constraints, core count, target and power model from a JSON or YAML file."""
+    """Read constraints, core count, target and power model from a JSON or YAML file.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: its content is not valid constraints.
+    """
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise OSError(f"cannot read {str(path)!r}: {reason}") from None
     data = _parse(text, path)
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: the top level must be a mapping with 'applications'")
@@ -85,11 +91,19 @@ def _items(apps: Any) -> list[tuple[str, Mapping[str, Any]]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the split, per-application throughput, and the totals against the static split."""
+    """Print the split, per-application throughput, and the totals against the static split.
+
+    Returns:
+        0; or, after one line on stderr, 1 if the file cannot be read (a failure, as for the
+        other commands) and 2 if its constraints are invalid.
+    """
     try:
         constraints, total, target, power = load_file(args.file, args.cores, args.target)
         best = optimize(constraints, total, target, power)
         static = static_split(constraints, total)
+    except OSError as exc:
+        print(f"steersman allocate: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError) as exc:
         print(f"steersman allocate: error: {exc}", file=sys.stderr)
         return 2
@@ -139,7 +153,7 @@ def _num(x: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run as ``python -m steersman.allocation.cli FILE`` until the main CLI wires it."""
+    """Run as ``python -m steersman.allocation.cli FILE``, as ``steersman allocate FILE`` does."""
     parser = argparse.ArgumentParser(prog="steersman allocate", description=__doc__)
     configure_parser(parser)
     return run(parser.parse_args(argv))

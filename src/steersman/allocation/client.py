@@ -114,6 +114,10 @@ class AllocationClient:
 
         Returns:
             The new core list if it changed, else None.
+
+        Raises:
+            ValueError: the manager refused an earlier request (a bad report, say); the updates
+                received with the refusal are applied first, so `cores` is up to date.
         """
         before = set(self._cores)
         deadline = monotonic() + timeout
@@ -156,11 +160,17 @@ class AllocationClient:
             self._channel.close()
 
     def _apply(self, messages: list[Message]) -> bool:
-        """Apply grow/shrink updates; returns whether one answered an invade."""
-        answered, released = False, []
+        """Apply grow/shrink updates; returns whether one answered an invade.
+
+        Raises:
+            ValueError: the manager refused a request; raised only once every update among
+                `messages` is applied, so the core list stays the manager's.
+        """
+        answered, released, errors = False, [], []
         for message in messages:
             if message.get("op") == "error":
-                raise ValueError(f"the allocation manager refused: {message.get('error')}")
+                errors.append(str(message.get("error")))
+                continue
             self._cores.update(int(c) for c in message.get("grow", ()))
             for core in message.get("shrink", ()):
                 if int(core) in self._cores:
@@ -171,6 +181,8 @@ class AllocationClient:
             if self._on_release is not None:
                 self._on_release(sorted(released))
             self._channel.send({"op": "release", "cores": released})
+        if errors:
+            raise ValueError(f"the allocation manager refused: {'; '.join(errors)}")
         return answered
 
     def _start_heartbeat(self) -> None:

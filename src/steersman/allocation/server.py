@@ -53,15 +53,16 @@ def serve(
         liveness_timeout: seconds of silence after which a client's cores are reclaimed.
         power: power model for the energy target.
         shutdown_token: a ``{"op": "shutdown", "token": ...}`` message with it stops the loop.
-        ready: a pipe on which the real address is sent once listening.
+        ready: a pipe on which the real address is sent once listening; it is then closed.
     """
     manager = ResourceManager(cores, Planner(target, threshold, move_cost, power),
                               liveness_timeout)
     channel = listen(address)
-    if ready is not None:
-        ready.send(channel.address)
-    logger.info("allocation manager serving %d cores at %s", manager.total, channel.address)
     try:
+        if ready is not None:
+            ready.send(channel.address)
+            ready.close()
+        logger.info("allocation manager serving %d cores at %s", manager.total, channel.address)
         _loop(channel, manager, shutdown_token)
     finally:
         channel.close()
@@ -125,6 +126,7 @@ class ManagerProcess:
         self._options = options
         self._token = secrets.token_hex(16)
         self._runner: Any = None
+        self._failure: Exception | None = None
         self.address = address
 
     def start(self, timeout: float = 60.0) -> str:
@@ -133,23 +135,47 @@ class ManagerProcess:
         parent, child = ctx.Pipe(duplex=False)
         kwargs = {**self._options, "shutdown_token": self._token, "ready": child}
         args = (self._requested, self._cores)
+        self._failure = None
         if self._thread:
-            self._runner = threading.Thread(target=serve, args=args, kwargs=kwargs,
+            self._runner = threading.Thread(target=self._serve_in_thread, args=(args, kwargs),
                                             name="steersman-allocation", daemon=True)
         else:
             self._runner = ctx.Process(target=serve, args=args, kwargs=kwargs,
                                        name="steersman-allocation", daemon=True)
-        self._runner.start()
-        if not self._thread:
-            child.close()
+        try:
+            self._runner.start()
+            if not self._thread:
+                child.close()
+            return self._wait_ready(parent, timeout)
+        finally:
+            parent.close()
+
+    def _wait_ready(self, parent: Connection, timeout: float) -> str:
         if not parent.poll(timeout):
             self._kill()
             raise RuntimeError(f"the allocation manager did not start within {timeout}s")
         try:
             self.address = parent.recv()
         except EOFError:
+            failure = self._failure
+            if failure is not None:
+                raise RuntimeError(f"the allocation manager failed to start: "
+                                   f"{type(failure).__name__}: {failure}") from failure
             raise RuntimeError("the allocation manager exited during start-up") from None
         return self.address
+
+    def _serve_in_thread(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Thread body: `serve`, keeping a start-up error for `start` to raise at once."""
+        ready: Connection = kwargs["ready"]
+        try:
+            serve(*args, **kwargs)
+        except Exception as exc:
+            if ready.closed:  # it was serving: nobody waits for this error but the log
+                logger.exception("the allocation manager stopped on an error")
+            else:
+                self._failure = exc
+        finally:
+            ready.close()  # wakes `start` (EOF) if serve failed before saying it listens
 
     @property
     def pid(self) -> int | None:
