@@ -193,15 +193,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                  "n_estimators"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("max_molecules", "max_atoms"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if not args.search_space.is_file():
+        parser.error(f"--search-space {args.search_space}: no such file")
     return args
+
+
+def check_search_space(molecules: list[str], args: argparse.Namespace) -> None:
+    """Stop at once, with one line, when no molecule is left to search."""
+    if not molecules:
+        limits = " and ".join(f"--{name.replace('_', '-')} {getattr(args, name)}"
+                              for name in ("max_atoms", "max_molecules")
+                              if getattr(args, name) is not None)
+        raise SystemExit(f"no molecules in the search space {args.search_space}"
+                         + (f" match {limits}" if limits else ""))
+
+
+def campaign_dir(run_dir: Path | None) -> Path:
+    """The campaign's directory; given one thinker's sub-directory, the campaign's (its parent).
+
+    Each thinker records its own run directory, ``RUN_DIR/<thinker>``, so ``steersman status``
+    and ``steersman resume`` see those; resuming one of them continues the whole campaign in
+    RUN_DIR (thinkers that finished replay and end at once), not a new campaign inside it.
+    """
+    if (run_dir is not None and run_dir.name in thinkers.THINKERS
+            and (run_dir / "params.json").is_file()):
+        print(f"{run_dir} is the {run_dir.name} thinker's directory: continuing the campaign "
+              f"in {run_dir.parent}", flush=True)
+        run_dir = run_dir.parent
+    return new_run_dir("molecular_design", run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run each thinker in turn; print what it found and how busy it kept the workers."""
     args = parse_args(argv)
-    run_dir = new_run_dir("molecular_design", args.run_dir)
     molecules = load_search_space(args.search_space, args.max_molecules, args.max_atoms,
                                   args.seed)
+    check_search_space(molecules, args)
+    run_dir = campaign_dir(args.run_dir)
     preload()
     print(f"search space: {len(molecules)} molecules; {args.search_count} simulations per "
           f"thinker on {args.workers} workers\nrun directory: {run_dir}", flush=True)

@@ -66,7 +66,11 @@ class RandomThinker(BaseThinker):
         order = np.random.default_rng(seed).permutation(len(molecules))
         self.priority_list: list[str] = [molecules[i] for i in order]
         self.list_lock = threading.Lock()
-        self.submitted = 0
+        # Molecules sent: on resume, those the replay hands back and those the journal resends
+        # are not sent again, and count toward n_to_evaluate.
+        self.sent: set[str] = set()
+        if self.campaign is not None and self.resumed:
+            self.sent.update(r.args[0] for r in self.campaign.pending if r.topic == SIMULATE)
         self.database: dict[str, float] = {}
         self.received = 0
         self.new_since_training = 0
@@ -86,10 +90,12 @@ class RandomThinker(BaseThinker):
         wait_for_any([self.resume, self.done])  # a batched thinker pauses here while learning
         with self.list_lock:
             smiles = None
-            more = self.submitted < self.n_to_evaluate and bool(self.priority_list)
-            if more and not self.done.is_set():
-                smiles = self.priority_list.pop(0)
-                self.submitted += 1
+            while (smiles is None and len(self.sent) < self.n_to_evaluate and self.priority_list
+                   and not self.done.is_set()):
+                head = self.priority_list.pop(0)
+                if head not in self.sent:
+                    smiles = head
+                    self.sent.add(smiles)
         if smiles is None:  # nothing left to send: free the slot for learning, wait for the end
             self.rec.release(SIMULATE, 1)  # type: ignore[union-attr]
             self.done.wait()
@@ -102,6 +108,8 @@ class RandomThinker(BaseThinker):
     def receive_calc(self, result: Result) -> None:
         """Store the result; start learning once enough new data arrived."""
         self.rec.release(SIMULATE, 1)  # type: ignore[union-attr]
+        with self.list_lock:
+            self.sent.add(result.args[0])  # replayed results of an earlier session count too
         with self.db_lock:
             self.received += 1
             self.simulation_results.append(result)
@@ -149,7 +157,7 @@ class RandomThinker(BaseThinker):
             self.logger.warning("training failed: %s", trained.failure_info)
             return
         with self.list_lock:
-            candidates = list(self.priority_list)
+            candidates = [s for s in self.priority_list if s not in self.sent]
         self.queues.send_inputs(trained.value, candidates, method="run_model", topic=INFER,
                                 keep_inputs=False, task_info={"n_infer": len(candidates)})
         inferred = self.queues.get_result(topic=INFER)

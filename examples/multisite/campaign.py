@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,17 @@ class ActiveLearningThinker(BaseThinker):
         self.models: list[Any] = []
         self.predictions: list[np.ndarray] = []
         self.candidates: list[str] = []
+        self.expected = 0  # inference results awaited in the round in progress
+        # Learning rounds are named "<session>-<n>": a training or inference result of another
+        # session (replayed on resume, or resent and run again) belongs to no round in progress.
+        self.session = uuid.uuid4().hex[:12]
+        self.round = 0
+        self.train_round: str | None = None
+        self.infer_round: str | None = None
         self.ml_lock = threading.Lock()
         self.rounds: list[dict[str, Any]] = []
+        if self.campaign is not None and self.resumed:  # simulations the journal will resend
+            self.taken.update(r.args[0] for r in self.campaign.pending if r.topic == SIMULATE)
         self._refill()
 
     # --- the buffer ---------------------------------------------------------------------------
@@ -146,6 +156,13 @@ class ActiveLearningThinker(BaseThinker):
     def receive_simulation(self, result: Result) -> None:
         """Store the result; retrain the ensemble once enough new results arrived."""
         self.rec.release(SIM_POOL, 1)  # type: ignore[union-attr]
+        with self.buffer_cond:  # on replay: the molecule was simulated in an earlier session
+            self.taken.add(result.args[0])
+            stale = result.args[0] in self.buffer
+            if stale:
+                self.buffer.remove(result.args[0])
+        if stale:
+            self._refill()
         with self.db_lock:
             self.received += 1
             if result.success:
@@ -170,7 +187,9 @@ class ActiveLearningThinker(BaseThinker):
             smiles, values = list(self.database), list(self.database.values())
             self.new_results = 0
         with self.ml_lock:
-            self.models = []
+            self.round += 1
+            self.train_round, self.models = f"{self.session}-{self.round}", []
+            round_id = self.train_round
         for member in range(self.num_models):
             if not self.rec.acquire(ML_POOL, 1, cancel_if=self.done):  # type: ignore[union-attr]
                 return
@@ -178,12 +197,18 @@ class ActiveLearningThinker(BaseThinker):
                                     input_kwargs={"seed": self.seed * 1000 + member,
                                                   "bootstrap_sample": True},
                                     topic=TRAIN, keep_inputs=False,
-                                    task_info={"member": member, "n_train": len(smiles)})
+                                    task_info={"member": member, "n_train": len(smiles),
+                                               "round": round_id})
 
     @result_processor(topic=TRAIN)
     def receive_training(self, result: Result) -> None:
         """Collect the trained models; start inference once the whole ensemble is back."""
-        self.rec.release(ML_POOL, 1)  # type: ignore[union-attr]
+        round_id = self._round_of(result)
+        with self.ml_lock:
+            current = round_id is not None and round_id == self.train_round
+        if not current:
+            self._restart_learning()
+            return
         with self.ml_lock:
             if result.success:
                 self.models.append(result.value)
@@ -205,6 +230,7 @@ class ActiveLearningThinker(BaseThinker):
             models = [m for m in self.models if m is not None]
             self.candidates, self.predictions = candidates, []
             self.expected = len(models)
+            self.infer_round = round_id = self.train_round
         if not models or not candidates:
             self._finish_round()
             return
@@ -212,12 +238,18 @@ class ActiveLearningThinker(BaseThinker):
             if not self.rec.acquire(ML_POOL, 1, cancel_if=self.done):  # type: ignore[union-attr]
                 return
             self.queues.send_inputs(model, candidates, method="run_model", topic=INFER,
-                                    keep_inputs=False, task_info={"member": member})
+                                    keep_inputs=False,
+                                    task_info={"member": member, "round": round_id})
 
     @result_processor(topic=INFER)
     def receive_inference(self, result: Result) -> None:
         """Gather the predictions; once all are in, re-rank the molecules and refill the buffer."""
-        self.rec.release(ML_POOL, 1)  # type: ignore[union-attr]
+        round_id = self._round_of(result)
+        with self.ml_lock:
+            current = round_id is not None and round_id == self.infer_round and self.expected > 0
+        if not current:
+            self._restart_learning()
+            return
         with self.ml_lock:
             if result.success:
                 self.predictions.append(np.asarray(result.value))
@@ -238,6 +270,32 @@ class ActiveLearningThinker(BaseThinker):
             self.rounds.append({"time": time.time(), "n_train": len(self.database),
                                 "n_ranked": len(order), "best_predicted": float(score.max())})
         self._finish_round()
+
+    def _round_of(self, result: Result) -> str | None:
+        """The round of this session a learning result belongs to (its ML slot is released).
+
+        None for a result of an earlier session: replayed on resume, or a request of that session
+        resent and run again. No slot was taken for it in this session.
+        """
+        round_id = (result.task_info or {}).get("round")
+        if not (isinstance(round_id, str) and round_id.startswith(f"{self.session}-")):
+            return None
+        self.rec.release(ML_POOL, 1)  # type: ignore[union-attr]
+        return round_id
+
+    def _restart_learning(self) -> None:
+        """A learning result of an earlier session: retrain on all the data, unless a round runs.
+
+        The models and predictions of a session are not carried over (the processors never see
+        the round that sent them), so a resumed campaign starts with a fresh round of its own.
+        """
+        with self.db_lock:
+            start = (not self.learning and len(self.database) >= 2
+                     and not self.done.is_set())
+            if start:
+                self.learning = True
+        if start:
+            self.start_training.set()
 
     def _finish_round(self) -> None:
         with self.db_lock:
@@ -432,15 +490,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                  "simulate_workers", "ml_workers", "conformers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("max_molecules", "max_atoms"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if not args.search_space.is_file():
+        parser.error(f"--search-space {args.search_space}: no such file")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the campaign; write the traces, the per-site report and its figure."""
     args = parse_args(argv)
-    run_dir = new_run_dir("multisite", args.run_dir)
-    if args.ps_file_dir is None:
-        args.ps_file_dir = run_dir / "proxystore"
     import pandas as pd
 
     frame = pd.read_csv(args.search_space)
@@ -449,6 +509,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_molecules is not None and args.max_molecules < len(frame):
         frame = frame.sample(n=args.max_molecules, random_state=args.seed)
     molecules = frame["smiles"].tolist()
+    if not molecules:
+        limits = " and ".join(f"--{name.replace('_', '-')} {getattr(args, name)}"
+                              for name in ("max_atoms", "max_molecules")
+                              if getattr(args, name) is not None)
+        raise SystemExit(f"no molecules in the search space {args.search_space}"
+                         + (f" match {limits}" if limits else ""))
+    run_dir = new_run_dir("multisite", args.run_dir)
+    if args.ps_file_dir is None:
+        args.ps_file_dir = run_dir / "proxystore"
     preload()
 
     queues = make_queues(args)

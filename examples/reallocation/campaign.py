@@ -40,6 +40,7 @@ from steersman import (  # noqa: E402
     result_processor,
     task_submitter,
 )
+from steersman.thinker.events import Flag, wait_for_any  # noqa: E402
 
 SIMULATE, ML = "simulate", "ml"
 LABELS = {SIMULATE: "Simulation (Ackley)", ML: "ML (GP + expected improvement)"}
@@ -140,23 +141,38 @@ class ReallocationThinker(BaseThinker):
         self.rng = np.random.default_rng(seed)
         self.task_queue: list[int] = [int(i) for i in self.rng.permutation(len(pool))]
         self.queue_lock = threading.Lock()
-        self.submitted = 0
+        # Points sent to simulation: on resume, those the replay hands back (done) and those the
+        # journal will resend (pending) are never sent again, and both count toward the budget.
+        self.sent: set[int] = set()
+        if self.campaign is not None and self.resumed:
+            self.sent.update(int(r.task_info["index"]) for r in self.campaign.pending
+                             if r.topic == SIMULATE)
         self.database: list[tuple[int, float]] = []
         self.db_lock = threading.Lock()
         self.received = 0
         self.new_since_ml = 0
         self.start_ml = threading.Event()
+        self.ml_done = Flag()
+        self.ml_result: Result | None = None
         self.ml_runs: list[dict[str, Any]] = []
         counter.reallocate(None, SIMULATE, counter.total_slots)
 
+    @property
+    def submitted(self) -> int:
+        """Simulations sent so far (on resume, those of the earlier sessions included)."""
+        return len(self.sent)
+
     @task_submitter(task_type=SIMULATE, n_slots=1)
     def submit_simulation(self) -> None:
-        """Send the point at the head of the task queue."""
+        """Send the point at the head of the task queue (skipping points already sent)."""
         with self.queue_lock:
             index = None
-            if self.submitted < self.budget and self.task_queue:
-                index = self.task_queue.pop(0)
-                self.submitted += 1
+            while len(self.sent) < self.budget and self.task_queue:
+                head = self.task_queue.pop(0)
+                if head not in self.sent:
+                    index = head
+                    self.sent.add(index)
+                    break
         if index is None:  # budget spent: give the slot back and wait for the end
             self.rec.release(SIMULATE, 1)  # type: ignore[union-attr]
             self.done.wait()
@@ -169,10 +185,13 @@ class ReallocationThinker(BaseThinker):
     def receive_simulation(self, result: Result) -> None:
         """Store the value, free the slot, and start the ML step after enough new results."""
         self.rec.release(SIMULATE, 1)  # type: ignore[union-attr]
+        index = int(result.task_info["index"])
+        with self.queue_lock:
+            self.sent.add(index)  # replayed results of an earlier session count too
         with self.db_lock:
             self.received += 1
             if result.success:
-                self.database.append((int(result.task_info["index"]), float(result.value)))
+                self.database.append((index, float(result.value)))
                 self.new_since_ml += 1
             else:
                 self.logger.warning("simulation failed: %s", result.failure_info)
@@ -186,7 +205,7 @@ class ReallocationThinker(BaseThinker):
     @event_responder(event_name="start_ml", reallocate_resources=True, gather_from=SIMULATE,
                      gather_to=ML, disperse_to=SIMULATE, max_slots="ml_slots")
     def reorder_queue(self) -> None:
-        """Fit the model on the slots moved to ML; reorder the queue by expected improvement."""
+        """Fit the model on the slots moved to ML; the result processor reorders the queue."""
         if not self.rec.acquire(ML, self.ml_slots, cancel_if=self.done):  # type: ignore[union-attr]
             return
         try:
@@ -194,30 +213,46 @@ class ReallocationThinker(BaseThinker):
                 done = list(self.database)
                 self.new_since_ml = 0
             with self.queue_lock:
-                candidates = list(self.task_queue)
-            if not candidates:
+                candidates = [i for i in self.task_queue if i not in self.sent]
+            if not candidates or not done:
                 return
             x_done = self.pool[[i for i, _ in done]]
             y_done = np.array([v for _, v in done])
+            self.ml_done.clear()
             self.queues.send_inputs(x_done, y_done, self.pool[candidates], self.xi, self.seed,
                                     method="rank_by_ei", topic=ML, keep_inputs=False,
                                     task_info={"n_train": len(done),
-                                               "n_candidates": len(candidates)})
-            result = self.queues.get_result(topic=ML)
+                                               "candidates": candidates})
+            wait_for_any([self.ml_done, self.done])  # set by receive_ml, or the run ended
         finally:
             self.rec.release(ML, self.ml_slots)  # type: ignore[union-attr]
-        if result is None or not result.success:
-            why = None if result is None else result.failure_info
-            self.logger.warning("ML task failed: %s", why)
-            return
-        score = dict(zip(candidates, result.value["ei"].tolist()))
-        with self.queue_lock:  # points sent meanwhile are gone; the rest follow their EI
-            self.task_queue.sort(key=lambda i: -score.get(i, 0.0))
-        self.ml_runs.append({"n_train": len(done), "n_ranked": len(candidates),
-                             "fit_time": result.value["fit_time"],
-                             "max_ei": float(result.value["ei"].max())})
-        self.logger.info("reordered %d points with a GP trained on %d results", len(candidates),
-                         len(done))
+
+    @result_processor(topic=ML)
+    def receive_ml(self, result: Result) -> None:
+        """Reorder the queue by the EI of the points ranked (also for replayed results)."""
+        try:
+            if not result.success:
+                self.logger.warning("ML task failed: %s", result.failure_info)
+                return
+            candidates = [int(i) for i in result.task_info["candidates"]]
+            n_train = int(result.task_info["n_train"])
+            ei = np.asarray(result.value["ei"])
+            score = dict(zip(candidates, ei.tolist()))
+            with self.queue_lock:  # points sent meanwhile are skipped; the rest follow their EI
+                self.task_queue.sort(key=lambda i: -score.get(i, 0.0))
+            self.ml_runs.append({"n_train": n_train, "n_ranked": len(candidates),
+                                 "fit_time": result.value["fit_time"],
+                                 "max_ei": float(ei.max()) if len(ei) else 0.0})
+            if self.campaign is not None and self.campaign.replaying:
+                with self.db_lock:  # results after this model's training are still new
+                    self.new_since_ml = len(self.database) - n_train
+                    if self.new_since_ml < self.retrain_every:
+                        self.start_ml.clear()
+            else:
+                self.logger.info("reordered %d points with a GP trained on %d results",
+                                 len(candidates), n_train)
+        finally:
+            self.ml_done.set()
 
 
 # --- running it -------------------------------------------------------------------------------
@@ -255,10 +290,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="progress display (auto: rich on a terminal)")
     parser.add_argument("--quiet", action="store_true", help="same as --progress off")
     args = parser.parse_args(argv)
-    if args.workers < 1 or not 1 <= args.ml_slots <= args.workers:
+    if args.workers < 1:
+        parser.error(f"--workers must be positive, got {args.workers}")
+    if not 1 <= args.ml_slots <= args.workers:
         parser.error(f"need 1 <= --ml-slots <= --workers, got {args.ml_slots} and {args.workers}")
     if args.budget < 1 or args.pool_size < 1 or args.dim < 1:
         parser.error("--budget, --pool-size and --dim must be positive")
+    low, high = args.sim_time
+    if not (math.isfinite(low) and math.isfinite(high)) or low < 0 or high < low:
+        parser.error(f"need 0 <= LOW <= HIGH for --sim-time, got {low:g} {high:g}")
+    if not (math.isfinite(args.bound) and args.bound > 0):
+        parser.error(f"--bound must be positive, got {args.bound:g}")
+    if args.retrain_every < 0:
+        parser.error("--retrain-every must be positive (or 0: never reorder)")
     return args
 
 
@@ -294,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         progress=None if progress == "auto" else progress)
     thinker.save_params(**{**vars(args), "target": target, "goal": "min",
                            "value_topic": SIMULATE})
-    print(f"Ackley in {args.dim} dimensions: {args.budget} simulations from a pool of "
-          f"{len(pool)} points on {args.workers} workers, queue order: {args.order}")
+    print(f"Ackley in {args.dim} dimension{'s' if args.dim != 1 else ''}: {args.budget} "
+          f"simulations from a pool of {len(pool)} points on {args.workers} workers, "
+          f"queue order: {args.order}")
     print(f"run directory: {run_dir}", flush=True)
     started = time.perf_counter()
     with server:
@@ -326,8 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best value found: {best:.4f} (best in pool {pool_values[0]:.4f}) "
           f"after {len(values)} simulations in {elapsed:.1f} s")
     reached = summary["simulations_to_target"]
-    print(f"target {target:.4f} reached after "
-          f"{reached if reached is not None else 'more than ' + str(len(values))} simulations")
+    if reached is not None:
+        print(f"target {target:.4f} reached after {reached} simulations")
+    else:
+        print(f"target {target:.4f} not reached in {len(values)} simulations")
     if figure is not None:
         print(f"figure: {figure}" + (f" (copied to {args.figure})" if args.figure else ""))
     return 0

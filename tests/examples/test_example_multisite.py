@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "multisite"
 TINY = ["--search-count", "8", "--retrain-after", "3", "--num-models", "2", "--buffer-size", "3",
         "--conformers", "1", "--n-estimators", "4", "--max-atoms", "12", "--max-molecules", "30",
         "--progress", "off"]
@@ -63,3 +69,44 @@ def test_help_lists_the_proxystore_options(campaign: Any,
                    "--ps-threshold", "--ps-file-dir", "--buffer-size", "--retrain-after",
                    "--simulate-workers", "--ml-workers"):
         assert option in out
+
+
+STEERSMAN = [sys.executable, "-c", "import sys; from steersman.cli import main; sys.exit(main())"]
+
+
+def lines(run_dir: Path) -> list[dict[str, Any]]:
+    """The results.jsonl lines written so far."""
+    path = run_dir / "results.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.endswith("}")]
+
+
+def test_resume_after_kill_during_learning(tmp_path: Path) -> None:
+    """Replayed training and inference results (no round in progress) neither crash nor repeat."""
+    run_dir, count = tmp_path / "run", 40
+    args = ["--search-count", str(count), "--retrain-after", "4", "--num-models", "2",
+            "--buffer-size", "3", "--conformers", "4", "--n-estimators", "4",
+            "--max-atoms", "14", "--max-molecules", "200", "--engine", "local",
+            "--progress", "off"]
+    proc = subprocess.Popen([*STEERSMAN, "run", str(EXAMPLE), "--run-dir", str(run_dir), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while (not any(r["topic"] == "infer" for r in lines(run_dir))
+               and proc.poll() is None):
+            assert time.monotonic() < deadline, "the first session made no progress"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the thinker, its workers and its line writer
+        proc.wait()
+    assert not (run_dir / "report.json").exists(), "the run ended before it was killed"
+
+    resumed = subprocess.run([*STEERSMAN, "resume", str(run_dir)], capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    records = lines(run_dir)
+    smiles = [r["inputs"][0][0] for r in records if r["topic"] == "simulate"]
+    assert len(smiles) == count and len(set(smiles)) == count  # none simulated twice
+    assert json.loads((run_dir / "report.json").read_text())["simulations"] == count

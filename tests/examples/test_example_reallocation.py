@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ def _campaign(load_example: Any) -> Any:
     return load_example("reallocation")
 
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "reallocation"
 TINY = ["--pool-size", "20", "--budget", "12", "--workers", "2", "--retrain-every", "4",
         "--sim-time", "0.001", "0.005", "--quiet"]
 
@@ -89,3 +95,51 @@ def test_help_exits_cleanly(campaign: Any, capsys: pytest.CaptureFixture[str]) -
         campaign.main(["--help"])
     assert exit_info.value.code == 0
     assert "--retrain-every" in capsys.readouterr().out
+
+
+STEERSMAN = [sys.executable, "-c", "import sys; from steersman.cli import main; sys.exit(main())"]
+
+
+def simulated(run_dir: Path) -> list[dict[str, Any]]:
+    """The simulation lines of a run's results.jsonl (those written so far)."""
+    path = run_dir / "results.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [r for r in map(json.loads, (ln for ln in lines if ln.endswith("}")))
+            if r["topic"] == "simulate"]
+
+
+def test_resume_after_kill_neither_repeats_nor_exceeds_the_budget(tmp_path: Path) -> None:
+    run_dir, budget = tmp_path / "run", 40
+    args = ["--pool-size", "200", "--budget", str(budget), "--workers", "2",
+            "--retrain-every", "5", "--sim-time", "0.1", "0.2", "--no-figure", "--quiet"]
+    proc = subprocess.Popen([*STEERSMAN, "run", str(EXAMPLE), "--run-dir", str(run_dir), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(simulated(run_dir)) < 8 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the first session made no progress"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the thinker and its line writer
+        proc.wait()
+    assert not (run_dir / "summary.json").exists(), "the run ended before it was killed"
+
+    resumed = subprocess.run([*STEERSMAN, "resume", str(run_dir)], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    sims = simulated(run_dir)
+    indices = [r["task_info"]["index"] for r in sims]
+    assert len(indices) == len(set(indices)), "a pool point was simulated twice"
+    assert len(sims) == budget
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["simulations"] == budget
+    ml = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    ml = [r for r in ml if r["topic"] == "ml" and r["success"]]
+    ml_runs = (run_dir / "ml_runs.jsonl").read_text().splitlines()
+    assert len(ml_runs) == len(ml) >= 1  # the first session's reorderings are kept
+    for record in ml:  # the GP never ranked a point already sent
+        ranked = record["task_info"]["candidates"]
+        assert len(ranked) == len(set(ranked))
