@@ -16,6 +16,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,17 @@ def _finish(process: subprocess.Popen[str]) -> None:
     assert process.returncode == 0, err[-3000:]
 
 
+def _released(run_dir: Path) -> dict:
+    """The status once every process of the killed campaign has exited: SIGKILL is sent to
+    the whole group at once, but each process takes its own moment to die and drop the lock."""
+    deadline = time.monotonic() + 10
+    info = status(run_dir)
+    while info["alive"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+        info = status(run_dir)
+    return info
+
+
 def _results(run_dir: Path) -> tuple[list[str], dict[int, int]]:
     ids, values = [], {}
     for line in (run_dir / "results.jsonl").read_text().splitlines():
@@ -104,7 +116,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
         kills += 1
         early += target == 0  # killed before run(): no session recorded
         done = max(done, reached)
-        info = status(run_dir)
+        info = _released(run_dir)
         assert info["state"] == "killed" and not info["alive"]
         process = _start("resume", str(run_dir))
     _finish(process)

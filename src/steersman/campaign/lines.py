@@ -280,11 +280,11 @@ def _fork(follower: _Follower, wake_fd: int) -> int:
 def _child(follower: _Follower, wake_fd: int, parent: int, keep: set[int]) -> NoReturn:
     code = 1
     try:
+        _close_others(keep)  # first: the run directory's lock must die with the thinker
         gc.freeze()  # the parent's objects: never collected here, so never copied
         os.nice(NICENESS)  # lines can wait: the thinker and the workers come first
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
-        _close_others(keep)
         follower.alive = lambda: os.getppid() == parent
         if follower.alive():
             follower.follow(wake_fd, _pidfd(parent))
