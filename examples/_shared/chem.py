@@ -7,6 +7,7 @@ geometry. The model is a random forest on Morgan fingerprints (scikit-learn).
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -107,3 +108,13 @@ def train_model(smiles: Sequence[str], values: Sequence[float], n_estimators: in
 def run_model(model: Any, smiles: Sequence[str]) -> np.ndarray:
     """The model's predictions for each SMILES."""
     return np.asarray(model.predict(fingerprints(smiles)))
+
+
+def check_search_space(molecules: list[str], args: argparse.Namespace) -> None:
+    """Stop at once, with one line, when no molecule is left to search."""
+    if not molecules:
+        limits = " and ".join(f"--{name.replace('_', '-')} {getattr(args, name)}"
+                              for name in ("max_atoms", "max_molecules")
+                              if getattr(args, name) is not None)
+        raise SystemExit(f"no molecules in the search space {args.search_space}"
+                         + (f" match {limits}" if limits else ""))

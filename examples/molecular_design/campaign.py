@@ -27,7 +27,13 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:  # the helpers shared by the examples live in examples/
     sys.path.insert(0, str(HERE.parent))
 
-from _shared.chem import compute_vertical, preload, run_model, train_model  # noqa: E402
+from _shared.chem import (  # noqa: E402
+    check_search_space,
+    compute_vertical,
+    preload,
+    run_model,
+    train_model,
+)
 from _shared.cli import HelpFormatter  # noqa: E402
 from _shared.loading import load_module  # noqa: E402
 from _shared.runlog import new_run_dir, read_results  # noqa: E402
@@ -199,16 +205,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.search_space.is_file():
         parser.error(f"--search-space {args.search_space}: no such file")
     return args
-
-
-def check_search_space(molecules: list[str], args: argparse.Namespace) -> None:
-    """Stop at once, with one line, when no molecule is left to search."""
-    if not molecules:
-        limits = " and ".join(f"--{name.replace('_', '-')} {getattr(args, name)}"
-                              for name in ("max_atoms", "max_molecules")
-                              if getattr(args, name) is not None)
-        raise SystemExit(f"no molecules in the search space {args.search_space}"
-                         + (f" match {limits}" if limits else ""))
 
 
 def campaign_dir(run_dir: Path | None) -> Path:

@@ -32,7 +32,13 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:  # the helpers shared by the examples live in examples/
     sys.path.insert(0, str(HERE.parent))
 
-from _shared.chem import compute_vertical, preload, run_model, train_model  # noqa: E402
+from _shared.chem import (  # noqa: E402
+    check_search_space,
+    compute_vertical,
+    preload,
+    run_model,
+    train_model,
+)
 from _shared.cli import HelpFormatter  # noqa: E402
 from _shared.runlog import new_run_dir, read_results  # noqa: E402
 
@@ -509,12 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_molecules is not None and args.max_molecules < len(frame):
         frame = frame.sample(n=args.max_molecules, random_state=args.seed)
     molecules = frame["smiles"].tolist()
-    if not molecules:
-        limits = " and ".join(f"--{name.replace('_', '-')} {getattr(args, name)}"
-                              for name in ("max_atoms", "max_molecules")
-                              if getattr(args, name) is not None)
-        raise SystemExit(f"no molecules in the search space {args.search_space}"
-                         + (f" match {limits}" if limits else ""))
+    check_search_space(molecules, args)
     run_dir = new_run_dir("multisite", args.run_dir)
     if args.ps_file_dir is None:
         args.ps_file_dir = run_dir / "proxystore"
