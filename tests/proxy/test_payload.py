@@ -97,15 +97,22 @@ def test_a_missing_input_fails_the_task_with_the_store_named(file_store: Store[A
     assert file_store.name in request.failure_info.exception  # type: ignore[union-attr]
 
 
-def test_a_value_that_cannot_be_fetched_fails_the_result(file_store: Store[Any]) -> None:
-    result = _with_store(Result(method="echo"), file_store)
+def _settled_after_eviction(store: Store[Any], final: bool) -> Result:
+    """A result whose proxied value was evicted before the thinker resolved it."""
+    result = _with_store(Result(method="echo"), store)
     result.set_result(BIG)
+    result.complete = final  # False: one of a generator's results, the task goes on
     proxy_value(result)
     received = decode(join(encode(Kind.RESULT, result))).result
     assert received is not None
-    file_store.evict(_backend.key_of(result.value)[1])
+    store.evict(_backend.key_of(result.value)[1])
     received.decode_value()
     settle_result(received)
+    return received
+
+
+def test_a_value_that_cannot_be_fetched_fails_the_result(file_store: Store[Any]) -> None:
+    received = _settled_after_eviction(file_store, final=True)
     assert received.success is False and received.value is None
     assert file_store.name in received.failure_info.exception  # type: ignore[union-attr]
     assert received.complete is True
@@ -113,15 +120,7 @@ def test_a_value_that_cannot_be_fetched_fails_the_result(file_store: Store[Any])
 
 def test_an_intermediate_value_that_cannot_be_fetched_stays_intermediate(
         file_store: Store[Any]) -> None:
-    result = _with_store(Result(method="echo"), file_store)
-    result.set_result(BIG)
-    result.complete = False  # one of a generator's results: the task goes on
-    proxy_value(result)
-    received = decode(join(encode(Kind.RESULT, result))).result
-    assert received is not None
-    file_store.evict(_backend.key_of(result.value)[1])
-    received.decode_value()
-    settle_result(received)
+    received = _settled_after_eviction(file_store, final=False)
     assert received.success is False and received.complete is False
 
 

@@ -440,8 +440,9 @@ class Campaign:
             previous = {s.get("thinker", "").rsplit(".", 1)[-1] for s in state.sessions}
             previous.discard("")
             if previous and type(self.thinker).__name__ not in previous:  # module aside
-                raise RunDirectoryError(f"run dir {str(directory.path)!r} holds a campaign of "
-                                 f"{sorted(previous)[0]}, not {cls_name}; use another run_dir")
+                raise RunDirectoryError(f"run dir {str(directory.path)!r} holds a campaign "
+                                        f"of {sorted(previous)[0]}, not {cls_name}; use "
+                                        "another run_dir")
             directory.update_params(self._initial_params)
             directory.attach_log(["steersman", self.thinker._logger_name])
             self.recording = Recording(directory, state, self.counters, self.thinker.queues,
