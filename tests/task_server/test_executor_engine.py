@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 
 import engine_tasks as tasks
@@ -17,8 +17,10 @@ from engine_tasks import GATE
 
 from steersman import PipeQueues, PythonMethod
 from steersman.exceptions import WorkerLost
+from steersman.models.messages import Routing
 from steersman.task_server import ExecutorTaskServer, GlobusComputeTaskServer
-from steersman.task_server.executor import ExecutorBackend, ExecutorEngine, TaskRunner
+from steersman.task_server.engine import WorkerContext
+from steersman.task_server.executor import Backend, ExecutorBackend, ExecutorEngine, TaskRunner
 
 FORK = multiprocessing.get_context("fork")
 
@@ -101,6 +103,45 @@ def test_thread_pool_and_instance_executors_work_in_process():
     queues.send_kill_signal()
     server.serve()
     assert queues.get_result(timeout=30).value == 4
+
+
+class HeldBackend(Backend):
+    """A backend of `capacity` slots whose tasks run until the test finishes them."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.running: list[Future] = []
+
+    def submit(self, runner, payload, priority):
+        future = Future()
+        self.running.append(future)
+        return future
+
+    def finish_all(self) -> None:
+        """Finish every task, including those started meanwhile as slots free up."""
+        while self.running:
+            self.running.pop().set_result([])
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_tasks_go_where_load_is_the_smallest_share_of_capacity():
+    """Tasks waiting for a slot count too: with 1 and 4 slots, 10 tasks split 2 and 8."""
+    small, big = HeldBackend(1), HeldBackend(4)
+    engine = ExecutorEngine({"small": small, "big": big})
+    engine.start(WorkerContext(methods={"where": PythonMethod(tasks.where)}))
+
+    def submit(count: int) -> list[str]:
+        return [engine.submit(Routing(task_id=str(i), method="where"), [b""]).executor
+                for i in range(count)]
+
+    first = submit(10)
+    assert (first.count("small"), first.count("big")) == (2, 8)
+    assert (len(small.running), len(big.running)) == (1, 4)  # the others wait for a slot
+    big.finish_all()  # and the 4 that waited, which start as slots free: 'big' is idle
+    assert submit(4) == ["big"] * 4
+    engine.shutdown()
 
 
 def test_engine_turns_broken_pools_into_lost_workers():

@@ -206,6 +206,7 @@ class ExecutorEngine(Engine):
         name = self._choose(request)
         runner = self._runner(request.method, name)
         outer: _TaskFuture = _TaskFuture(name)
+        self._count(name, outer)
         start = partial(self._start, outer, runner, join(parts), request.priority)
         gate = self._gates[name]
         if gate is None:
@@ -215,6 +216,8 @@ class ExecutorEngine(Engine):
         return outer
 
     def _choose(self, request: Routing) -> str:
+        """The requested executor, else the one of the method's whose load (its tasks running
+        or waiting for a slot) would be the smallest share of its capacity."""
         assert request.method is not None
         if request.executor is not None:
             return request.executor
@@ -222,7 +225,22 @@ class ExecutorEngine(Engine):
         if len(names) == 1:
             return names[0]
         with self._lock:
-            return min(names, key=self._load.__getitem__)
+            return min(names, key=self._share_with_one_more)
+
+    def _share_with_one_more(self, name: str) -> float:
+        """With the lock held: the executor's load with one more task, per slot (an executor
+        without a capacity counts as one slot)."""
+        return (self._load[name] + 1) / (self.backends[name].capacity or 1)
+
+    def _count(self, name: str, future: Future[list[Parts]]) -> None:
+        """Count a task in its executor's load until its future is done (or cancelled)."""
+        with self._lock:
+            self._load[name] += 1
+        future.add_done_callback(partial(self._uncount, name))
+
+    def _uncount(self, name: str, future: Future[list[Parts]]) -> None:
+        with self._lock:
+            self._load[name] -= 1
 
     def _runner(self, method: str, executor: str) -> TaskRunner:
         runner = self._runners.get((method, executor))
@@ -242,15 +260,11 @@ class ExecutorEngine(Engine):
         except Exception as exc:
             outer.set_exception(self._translate(backend, exc))
             return False
-        with self._lock:
-            self._load[outer.executor] += 1
         outer.inner = inner
         inner.add_done_callback(partial(self._finish, outer))
         return True
 
     def _finish(self, outer: _TaskFuture, inner: Future[Any]) -> None:
-        with self._lock:
-            self._load[outer.executor] -= 1
         try:
             outer.set_result([[m] for m in inner.result()])
         except BaseException as exc:

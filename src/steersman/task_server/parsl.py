@@ -145,6 +145,7 @@ class ParslEngine(ExecutorEngine):
         chain = _ExecutableChain(method, self._apps[label], self._context.key, label,
                                  backend.resource_specification(request.priority),
                                  partial(self._translate, backend))
+        self._count(label, chain.future)
         chain.start(join(parts))
         return chain.future
 
