@@ -80,3 +80,18 @@ def release_fifo(fifo: str) -> bool:
         return False
     os.close(descriptor)
     return True
+
+
+def exit_with(code: int) -> None:
+    """A task that ends the interpreter, as a library calling sys.exit on bad input does."""
+    sys.exit(code)
+
+
+def interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def wait_fifo_then_yield(fifo: str):  # type: ignore[no-untyped-def]
+    """A generator method: yields once released (see :func:`wait_fifo`), then returns."""
+    yield wait_fifo(fifo)
+    return "done"

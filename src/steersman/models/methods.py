@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -22,6 +23,11 @@ from steersman.exceptions import ExecutableError
 from steersman.models.result import ResourceRequirements, Result
 
 Emit = Callable[[Result], None]
+#: What a failing task may raise: a task calling ``sys.exit()`` (or raising KeyboardInterrupt)
+#: fails like any other rather than ending the worker, or the server thread, running it.
+TASK_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+#: At most this much of a method's name goes into the names of its run directories.
+_PREFIX_CHARS = 64
 
 
 class TaskMethod(ABC):
@@ -35,11 +41,11 @@ class TaskMethod(ABC):
         result.timestamp.compute_started = time()
         start = perf_counter()
         try:
-            args, kwargs = _decode_inputs(result)
+            args, kwargs = decode_task_inputs(result)
             if self._wants_resources():
                 kwargs = {**kwargs, "_resources": result.resources}
             value = self.run(result, args, kwargs, emit)
-        except Exception as exc:
+        except TASK_ERRORS as exc:
             result.set_failure(exc)
         else:
             result.set_result(value)
@@ -126,6 +132,13 @@ class ExecutableMethod(TaskMethod):
         self.mpi = mpi
         self.mpi_command_string = mpi_command_string
 
+    @property
+    def run_dir_prefix(self) -> str:
+        """The start of a task's run directory name: the method name, as a safe file name
+        (other characters replaced, shortened)."""
+        safe = re.sub(r"[^A-Za-z0-9._+-]", "_", self.name)[:_PREFIX_CHARS]
+        return f"steersman-{safe}-"
+
     def render_mpi_launch(self, resources: ResourceRequirements) -> str:
         """The MPI launch prefix for these resources."""
         assert self.mpi_command_string is not None
@@ -148,7 +161,7 @@ class ExecutableMethod(TaskMethod):
 
     def run(self, result: Result, args: tuple[Any, ...], kwargs: dict[str, Any],
             emit: Emit | None) -> Any:
-        with tempfile.TemporaryDirectory(prefix=f"steersman-{self.name}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=self.run_dir_prefix) as tmp:
             run_dir = Path(tmp)
             start = perf_counter()
             arguments, stdin = self.preprocess(run_dir, args, kwargs)
@@ -183,8 +196,9 @@ def as_method(method: TaskMethod | Callable[..., Any]) -> TaskMethod:
     return PythonMethod(method)
 
 
-def _decode_inputs(result: Result) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The inputs, with proxies from the request's store resolved into plain objects."""
+def decode_task_inputs(result: Result) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The inputs as a task sees them: proxies from the request's store resolved into plain
+    objects."""
     if result.proxystore_name is None:
         return result.decode_inputs()
     from steersman.proxy import resolve_inputs

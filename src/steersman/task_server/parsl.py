@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from steersman.exceptions import ExecutableError
 from steersman.models.messages import Kind, Routing, decode, encode, join
-from steersman.models.methods import ExecutableMethod
+from steersman.models.methods import TASK_ERRORS, ExecutableMethod, decode_task_inputs
 from steersman.models.result import Result
 from steersman.queue.base import BaseQueues
 from steersman.task_server.base import TaskServer
@@ -277,13 +277,16 @@ def _prepare_executable(method: ExecutableMethod, request: bytes, key: bytes | N
     result.complete = True
     result.timestamp.compute_started = time()
     start = perf_counter()
+    run_dir: str | None = None
     try:
-        args, kwargs = result.decode_inputs()
-        run_dir = tempfile.mkdtemp(prefix=f"steersman-{method.name}-")
+        args, kwargs = decode_task_inputs(result)
+        run_dir = tempfile.mkdtemp(prefix=method.run_dir_prefix)
         arguments, stdin = method.preprocess(Path(run_dir), args, kwargs)
         (Path(run_dir) / "stdin.txt").write_text(stdin or "")
         command = shlex.join(method.command_line(result.resources, arguments))
-    except Exception as exc:
+    except TASK_ERRORS as exc:
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
         result.set_failure(exc)
         return [join(_finalize(result, key))]
     result.time.additional["preprocess"] = perf_counter() - start
@@ -312,7 +315,7 @@ def _finish_executable(method: ExecutableMethod, request: bytes, run_dir: str,
         value = method.postprocess(directory)
         result.time.additional["postprocess"] = perf_counter() - start
         result.set_result(value)
-    except Exception as exc:
+    except TASK_ERRORS as exc:
         result.set_failure(exc)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
