@@ -229,3 +229,51 @@ def test_server_as_a_context_manager_stops_cleanly():
         queues.send_inputs(1, 2, method="add")
         assert queues.get_result(timeout=30).value == 3
     assert not server.is_alive() and server.exitcode == 0
+
+
+def test_worker_info_names_the_engine_executor(served):
+    """Results say they ran on 'default', the one name `executor=` accepts here."""
+    served.send_inputs(1, 1, method="add", topic="sim")
+    assert served.get_result("sim", timeout=30).worker_info.executor == "default"
+    served.send_inputs(1, 1, method="add", topic="sim", executor="default")
+    assert served.get_result("sim", timeout=30).worker_info.executor == "default"
+
+
+@pytest.mark.parametrize("name", ["sims/echo", "x" * 300, "a b\\c:*"])
+def test_executable_method_names_need_not_be_file_names(name):
+    """A run directory's name is made from the method's: it must stay a valid file name."""
+    queues = PipeQueues()
+    method = ExecutableMethod([sys.executable, "-c", "print('ran')"], name=name)
+    assert "/" not in method.run_dir_prefix and len(method.run_dir_prefix) < 100
+    with LocalTaskServer(queues, [method]):
+        queues.send_inputs(method=name)
+        result = queues.get_result(timeout=30)
+    assert result.success, result.failure_info
+    assert result.value == "ran\n"
+
+
+class ExitsOutsideItsFunction(PythonMethod):
+    """A method whose call raises SystemExit itself, out of reach of the method's own
+    handling of what the function raises."""
+
+    def __call__(self, result, emit=None):
+        raise SystemExit(4)
+
+
+@pytest.mark.timeout(60)
+def test_thread_engine_keeps_serving_after_a_task_raised_a_base_exception():
+    queues = PipeQueues()
+    server = LocalTaskServer(queues, [ExitsOutsideItsFunction(add, name="exits"), add],
+                             threads=True, num_workers=1)
+    server.start()
+    try:
+        queues.send_inputs(1, 2, method="exits")
+        failed = queues.get_result(timeout=20)
+        assert failed is not None, "the task's thread died without a result"
+        assert not failed.success and "SystemExit(4)" in failed.failure_info.exception
+        queues.send_inputs(1, 2, method="add")  # the one thread still serves
+        assert queues.get_result(timeout=20).value == 3
+    finally:
+        queues.send_kill_signal()
+        server.join(20)
+    assert server.exitcode == 0

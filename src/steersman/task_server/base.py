@@ -6,13 +6,21 @@ retried up to their `max_retries`; a task that outlives its `timeout` fails as t
 timer thread serves every deadline) and its late result is dropped; the kill signal stops the
 loop once running tasks finished and their results were sent. Engines only run tasks, so all of
 this behaves the same on every engine.
+
+A server stops at once, without waiting for running tasks, when their results could reach no
+one: the thinker's end of pipe queues is gone, the body of ``with server:`` raised, or the
+process that started the server exits without stopping it.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import multiprocessing
+import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -40,6 +48,11 @@ _CONTEXT: Any = multiprocessing.get_context(
     "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 )
 
+#: How long a server told to stop at once may take before its process is terminated (seconds).
+STOP_GRACE = 30.0
+#: Servers started by this process, stopped at its exit if still running (see `start`).
+_STARTED: weakref.WeakSet[TaskServer] = weakref.WeakSet()
+
 
 class TaskServer(_CONTEXT.Process):
     """Serve the methods over the queues, running tasks on `engine`.
@@ -53,6 +66,10 @@ class TaskServer(_CONTEXT.Process):
     def __init__(self, queues: BaseQueues,
                  methods: Iterable[TaskMethod | Callable[..., Any]], engine: Engine):
         super().__init__(name=type(self).__name__, daemon=False)
+        # The starting process writes a byte here to stop the server at once (see _stop_now).
+        self._stop_reader, self._stop_writer = _CONTEXT.Pipe(duplex=False)
+        self._watcher: threading.Thread | None = None
+        self._starter_pid: int | None = None
         self.queues = queues
         self.methods = _by_name(methods)
         self.engine = engine
@@ -64,22 +81,65 @@ class TaskServer(_CONTEXT.Process):
     # --- process life cycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start serving in a new process."""
+        """Start serving in a new process.
+
+        If this process exits with the server still running (a script that failed before it
+        sent the kill signal), the server is stopped at once rather than waited for.
+        """
         super().start()
+        self._starter_pid = os.getpid()
+        self._stop_reader.close()
         self.queues.on_server_started()
+        _STARTED.add(self)
+        atexit.unregister(_stop_servers_at_exit)  # registered last, it runs before
+        atexit.register(_stop_servers_at_exit)    # multiprocessing joins its children
 
     def __enter__(self) -> TaskServer:
-        """``with server:`` starts it, and on leaving sends the kill signal and waits."""
+        """``with server:`` starts it, and on leaving sends the kill signal and waits.
+
+        If the body raised, the server stops at once instead: running tasks are stopped
+        where the engine can (their results would reach no one) and the error propagates
+        without waiting for them.
+        """
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            self._stop_now()
+            return
         self.queues.send_kill_signal()
         self.join()
+
+    def _stop_now(self) -> None:
+        """Stop the server without waiting for its running tasks; kill its process if it has
+        not ended after :data:`STOP_GRACE` seconds."""
+        with contextlib.suppress(OSError):
+            self._stop_writer.send_bytes(b"x")
+        try:  # wakes the loop if it waits for a request
+            self.queues.send_kill_signal()
+        except Exception as exc:  # the server may be gone already
+            logger.debug("could not send the kill signal: %r", exc)
+        self.join(STOP_GRACE)
+        if self.exitcode is None:
+            logger.warning("task server %s did not stop within %s s; killing it",
+                           self.pid, STOP_GRACE)
+            self.kill()
+            self.join()
+
+    def _stop_at_exit(self) -> None:
+        if self._starter_pid != os.getpid() or self.exitcode is not None:
+            return
+        logger.warning("task server %s still running as its starting process exits: "
+                       "stopping it without waiting for running tasks", self.pid)
+        self._stop_now()
 
     def run(self) -> None:
         """Entry point of the server process."""
         self.queues.on_server_process()
+        self._stop_writer.close()  # only the starting process may tell the server to stop
+        self._watcher = threading.Thread(target=self._watch_stop_pipe, daemon=True,
+                                         name="steersman-stop-watch")
         self.serve()
 
     # --- the loop -----------------------------------------------------------------------------
@@ -88,6 +148,8 @@ class TaskServer(_CONTEXT.Process):
         """Serve until the kill signal (or the thinker's disappearance), then clean up."""
         self._outstanding: dict[str, _Attempt] = {}
         self._idle = threading.Condition()
+        self._stopping_now = False
+        self._stopped_running = threading.Event()  # set once _stop_running has done its work
         self._deadlines: Deadlines[_Attempt] = Deadlines(self._on_timeout)
         self.engine.start(WorkerContext(
             methods=self.methods, key=self.queues.signing_key,
@@ -97,18 +159,63 @@ class TaskServer(_CONTEXT.Process):
         ))
         logger.info("task server ready with methods %s on executors %s", sorted(self.methods),
                     list(self.engine.executors))
+        if self._watcher is not None:
+            self._watcher.start()
         try:
             self._receive_until_killed()
             with self._idle:
-                self._idle.wait_for(lambda: not self._outstanding)
+                self._idle.wait_for(lambda: not self._outstanding or self._stopping_now)
         finally:
+            if self._stopping_now:  # shut down only once running tasks are given up on
+                self._stopped_running.wait()
             self._deadlines.stop()
             self.engine.shutdown()
         logger.info("task server stopped")
 
     def _receive_until_killed(self) -> None:
-        while self._receive_one():
+        while self._receive_one() and not self._stopping_now:
             pass
+
+    def _watch_stop_pipe(self) -> None:
+        """Stop at once when the starting process says so (an end of file only means that
+        it, or another holder of the pipe, ended: over Redis a later thinker may want the
+        results, and over pipes the queues report the thinker's end)."""
+        try:
+            self._stop_reader.recv_bytes()
+        except (EOFError, OSError):
+            return
+        self._stop_running("the process that started it is failing or exiting")
+
+    def _stop_requested(self) -> bool:
+        """At the kill signal: whether it came to stop at once (the starting process writes to
+        the stop pipe before it sends the signal)."""
+        if self._watcher is not None and self._stop_reader.poll():
+            self._watcher.join()  # it reads what is there at once
+        return self._stopping_now
+
+    def _stop_running(self, reason: str) -> None:
+        """Give up every running task (no result of theirs is sent) and stop the engine's
+        workers, so that the server stops without waiting for them."""
+        with self._idle:
+            if self._stopping_now:
+                return
+            self._stopping_now = True
+            attempts = list(self._outstanding.values())
+            self._outstanding.clear()
+            for attempt in attempts:
+                attempt.settled = True
+            self._idle.notify_all()
+        logger.warning("stopping without waiting for running tasks: %s", reason)
+        try:
+            self.engine.abort()
+        except Exception:
+            logger.exception("stopping the engine's running tasks failed")
+        for attempt in attempts:
+            future, attempt.future = attempt.future, None
+            if future is not None:
+                with contextlib.suppress(Exception):
+                    self.engine.cancel(future)
+        self._stopped_running.set()
 
     def _receive_one(self) -> bool:
         """Dispatch the next request; False at the kill signal or when the queues are lost.
@@ -117,13 +224,17 @@ class TaskServer(_CONTEXT.Process):
         try:
             message = self.queues.get_task(routing_only=self.engine.stamps_received)
         except QueueConnectionError as exc:
-            logger.warning("stopping: %s", exc)
+            if self.queues.requests_outlive_client:  # a later client may take the results
+                logger.warning("stopping: %s", exc)
+            else:
+                self._stop_running(str(exc))
             return False
         if message is None:
             return True
         if message.kind is Kind.KILL:
-            logger.info("kill signal received; finishing %d running task(s)",
-                        len(self._outstanding))
+            if not self._stop_requested():
+                logger.info("kill signal received; finishing %d running task(s)",
+                            len(self._outstanding))
             return False
         if message.routing is not None and message.data is not None:  # forwarded as it came
             self._dispatch(_Attempt(message.routing, [message.data], message.data))
@@ -140,6 +251,8 @@ class TaskServer(_CONTEXT.Process):
     def _dispatch(self, attempt: _Attempt) -> None:
         """Hand one attempt of a request to the engine (or fail it at once if it is invalid)."""
         routing = attempt.routing
+        if self._stopping_now:
+            return
         problem = self._check_request(routing)
         if problem is not None:
             request = self._request_of(attempt)
@@ -205,8 +318,8 @@ class TaskServer(_CONTEXT.Process):
             if flags & Flags.FAILED and self._retry(self._request_of(attempt)):
                 return
             self._send_final(routing, final)
-        except Exception:
-            logger.exception("could not return the result of task %s", routing.task_id)
+        except Exception as exc:
+            self._lost_result(routing.task_id, "result", exc)
             self._untrack(routing)
 
     def _on_timeout(self, attempt: _Attempt) -> None:
@@ -233,13 +346,24 @@ class TaskServer(_CONTEXT.Process):
             request.set_failure(error, **flags)
             if not self._retry(request):
                 self._send_final(request, self.queues.encode_result(request))
-        except Exception:
-            logger.exception("could not return the failure of task %s", request.task_id)
+        except Exception as exc:
+            self._lost_result(request.task_id, "failure", exc)
             self._untrack(request)
+
+    def _lost_result(self, task_id: str, what: str, error: Exception) -> None:
+        """A result could not be sent; if the thinker is gone for good, stop at once."""
+        if isinstance(error, QueueConnectionError) and not self.queues.requests_outlive_client:
+            self._stop_running(str(error))
+        if self._stopping_now:  # said once already: no one would receive it
+            logger.debug("dropped the %s of task %s: stopping", what, task_id)
+        else:
+            logger.error("could not return the %s of task %s", what, task_id, exc_info=error)
 
     def _fail_unseen(self, data: bytes, error: Exception) -> None:
         """A request that reached a worker without passing through this loop (by the lane)
         failed before the worker sent its result: send the failure in the worker's stead."""
+        if self._stopping_now:
+            return
         try:
             routing = decode(data, key=self.queues.signing_key, routing_only=True).routing
         except MessageError as exc:
@@ -276,6 +400,9 @@ class TaskServer(_CONTEXT.Process):
 
     def _send_final(self, request: Result | Routing, parts: Parts) -> None:
         try:
+            if self._stopping_now:
+                logger.debug("dropped the result of task %s: stopping", request.task_id)
+                return
             self.queues.send_encoded_result(request.topic, parts)
             self.queues.request_done(request.task_id)
         finally:
@@ -288,7 +415,12 @@ class TaskServer(_CONTEXT.Process):
                 self._idle.notify_all()
 
     def _forward_intermediate(self, topic: str, parts: Parts) -> None:
-        self.queues.send_encoded_result(topic, parts)
+        try:
+            self.queues.send_encoded_result(topic, parts)
+        except QueueConnectionError as exc:
+            if self.queues.requests_outlive_client:
+                raise
+            self._stop_running(str(exc))  # the thinker is gone: none of its results can go
 
 
 @dataclass(eq=False)
@@ -305,6 +437,11 @@ class _Attempt:
     whole: Result | None = None
     future: Future[list[Parts]] | None = None
     settled: bool = False
+
+
+def _stop_servers_at_exit() -> None:
+    for server in list(_STARTED):
+        server._stop_at_exit()
 
 
 def _by_name(methods: Iterable[TaskMethod | Callable[..., Any]]) -> dict[str, TaskMethod]:

@@ -85,6 +85,12 @@ class Engine(ABC):
         """
         return future.cancel()
 
+    def abort(self) -> None:
+        """Stop every running task now, where the engine can: the server is about to stop
+        without waiting for them (their results would reach no one). :meth:`shutdown`
+        follows. By default nothing: the server cancels the tasks it handed over itself.
+        """
+
     @abstractmethod
     def shutdown(self) -> None:
         """Release every worker and process the engine started."""

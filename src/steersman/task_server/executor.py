@@ -390,8 +390,9 @@ def _per_executor(value: InFlight | Mapping[str, InFlight],
 
 
 def _kill_pool_processes(executor: Executor) -> None:
-    """Stop the workers of a standard process pool so a hung, timed-out task cannot block exit."""
+    """Stop the workers of a standard process pool so a hung task the server gave up on (timed
+    out, or running when the server had to stop at once) cannot block exit."""
     processes = getattr(executor, "_processes", None) or {}
     for process in list(processes.values()):
-        logger.warning("killing pool worker %s, still running a timed-out task", process.pid)
+        logger.warning("killing pool worker %s, still running a task given up on", process.pid)
         process.kill()

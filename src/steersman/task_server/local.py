@@ -40,6 +40,9 @@ from steersman.task_server.worker import execute_request
 
 logger = logging.getLogger(__name__)
 
+#: The one executor of the local engines: what ``executor=`` may name, and what a Result's
+#: ``worker_info.executor`` says, as on the other engines.
+EXECUTOR = "default"
 #: A message before each request written to a worker: when the server received the request
 #: (NaN if unknown). Apart, so that a large request is forwarded as it came.
 _STAMP = struct.Struct("<d")
@@ -57,6 +60,8 @@ class ThreadEngine(Engine):
     returns, its result is dropped, and shutdown does not wait for it. Use worker processes for
     tasks that may hang.
     """
+
+    executors = (EXECUTOR,)
 
     def __init__(self, num_workers: int | None = None):
         self.num_workers = num_workers or os.cpu_count() or 1
@@ -93,9 +98,11 @@ class ThreadEngine(Engine):
             self._running[me] = future
             try:
                 future.set_result(execute_request(context.methods, join(parts), context.key,
-                                                  context.emit, "local-threads", received))
+                                                  context.emit, EXECUTOR, received))
             except Exception as exc:
                 future.set_exception(exc)
+            except BaseException as exc:  # SystemExit and the like: the thread serves on
+                future.set_exception(RuntimeError(f"the task raised {exc!r}"))
             finally:
                 del self._running[me]
 
@@ -125,6 +132,7 @@ class ProcessEngine(Engine):
     after any request of the server's.
     """
 
+    executors = (EXECUTOR,)
     stamps_received = True
     takes_lane = True
 
@@ -187,6 +195,12 @@ class ProcessEngine(Engine):
         if future.cancel():
             return True
         return any(slot.kill_if_running(future) for slot in self._slots)
+
+    def abort(self) -> None:
+        """Kill every worker, even mid-task (lane tasks too); none is replaced."""
+        self._stopping = True
+        for slot in self._slots:
+            slot.kill()
 
     def shutdown(self) -> None:
         self._stopping = True
@@ -253,6 +267,12 @@ class _WorkerSlot:
             self.process.kill()
             return True
 
+    def kill(self) -> None:
+        """Kill the worker, whatever it runs (the engine is stopping: it is not replaced)."""
+        with self._lock:
+            if self.process is not None:
+                self.process.kill()
+
     def spawn(self) -> None:
         self.requests, self.replies = PipeChannel(), PipeChannel()
         context = self.engine._context
@@ -300,9 +320,17 @@ class _WorkerSlot:
             _, flags = peek(reply)
             if flags & Flags.INTERMEDIATE:
                 if emit is not None and self._current is not None:
-                    emit(self._current.topic, [reply])
+                    self._forward(emit, self._current.topic, reply)
                 continue
             self._finished([[reply]])
+
+    def _forward(self, emit: Callable[[str, Parts], None], topic: str, reply: Frame) -> None:
+        """Send an intermediate result on; this thread must survive a failure to, or the
+        task's final result would never be read."""
+        try:
+            emit(topic, [reply])
+        except Exception:
+            logger.exception("could not forward an intermediate result")
 
     def _finished(self, messages: list[Parts]) -> None:  # DELIVERED: sent by the worker
         """The final reply came: start the next task, then hand the result to the server."""
@@ -539,11 +567,11 @@ def _serve_lane(request: bytes, slot: LaneSlot, replies: PipeChannel, context: W
 
     def deliver(topic: str, parts: Parts) -> None:
         nonlocal relaying
-        if relaying or not direct(parts):
+        if relaying or not _sent_directly(direct, parts):
             relaying = True
             replies.write_messages([[_RELAY_NOTE], parts])
 
-    for parts in execute_request(context.methods, request, context.key, deliver, "local",
+    for parts in execute_request(context.methods, request, context.key, deliver, EXECUTOR,
                                  received):
         deliver("", parts)
     slot.clear()
@@ -567,18 +595,28 @@ def _serve_one(requests: PipeChannel, replies: PipeChannel, context: WorkerConte
         streamed = True
         replies.write(parts)
 
-    *held, final = execute_request(context.methods, request, context.key, stream, "local",
+    *held, final = execute_request(context.methods, request, context.key, stream, EXECUTOR,
                                    None if math.isnan(received) else received)
     for parts in held:
         replies.write(parts)
     # Failures go through the server, which decides on retries; so does a final result after
     # intermediate ones, which must not overtake them.
     if direct is not None and not streamed and not held \
-            and not peek(final[0])[1] & Flags.FAILED and direct(final):
+            and not peek(final[0])[1] & Flags.FAILED and _sent_directly(direct, final):
         replies.write([_DELIVERED_NOTE])
     else:
         replies.write(final)
     return True
+
+
+def _sent_directly(direct: Callable[[Parts], bool], parts: Parts) -> bool:
+    """Whether the worker handed a result to the thinker itself; if not (too large, or the
+    thinker is gone) it goes through the server, which sends it or stops for want of a
+    thinker."""
+    try:
+        return direct(parts)
+    except OSError:  # a write of one pipe buffer is whole or nothing: nothing was sent
+        return False
 
 
 def _die_with_server(lifeline: tuple[int, int]) -> None:
