@@ -9,7 +9,14 @@ import pytest
 import reallocating
 
 from steersman.campaign import write_report
-from steersman.campaign.report import assign_lanes, busy_average, load_trace
+from steersman.campaign.inspection import status
+from steersman.campaign.report import (
+    Trace,
+    assign_lanes,
+    busy_average,
+    load_trace,
+    slot_capacity,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +72,34 @@ def test_lanes_never_overlap_and_busy_average_is_exact(run_dir: Path) -> None:
     busy = busy_average(np.array([0.0, 1.0]), np.array([2.0, 3.0]), np.array([0.0, 1.0, 2.0,
                                                                              3.0]))
     assert busy.tolist() == [1.0, 2.0, 1.0]
+
+
+def two_sessions() -> Trace:
+    """Two workers busy the whole time in each of two sessions 100 s apart (new processes in
+    the second: a resumed campaign)."""
+    trace = Trace()
+    for session, pids in ((0.0, (1, 2)), (110.0, (3, 4))):
+        for pid in pids:
+            for k in range(10):
+                trace.task_id.append(f"{pid}-{k}")
+                trace.worker.append(f"host pid {pid}")
+                trace.started.append(1000 + session + k)
+                trace.ended.append(1000 + session + k + 1)
+    return trace
+
+
+def test_utilisation_of_a_resumed_run_counts_each_session_alone() -> None:
+    """Not 4 slots over 120 s (8%): 2 slots over 10 s, twice, all busy."""
+    trace = two_sessions()
+    capacity = slot_capacity(trace, assign_lanes(trace), [999.0, 1109.5])
+    assert capacity.slots == [2, 2] and capacity.most_at_once == 2
+    assert capacity.utilisation == pytest.approx(1.0)
+    alone = slot_capacity(trace, assign_lanes(trace), [])  # no sessions known: one span
+    assert alone.slots == [4] and alone.utilisation == pytest.approx(40 / (4 * 120))
+
+
+def test_status_gives_session_starts_and_one_session_reads_plainly(run_dir: Path) -> None:
+    info = status(run_dir, last=0)
+    assert info["session_starts"] and info["sessions"] == len(info["session_starts"])
+    text = (write_report(run_dir) / "summary.txt").read_text()
+    assert "Workers: " in text and "sessions" not in text.split("Workers: ")[1].split("\n")[0]

@@ -23,8 +23,9 @@ def status(run_dir: str | os.PathLike[str], last: int = LAST_RESULTS) -> dict[st
         launched it), ``state`` (``running``, ``finished``, ``failed``, ``interrupted``,
         ``killed`` — stopped without ending, resumable — or ``not started``), ``alive``,
         ``holder`` (pid and host of the live thinker), ``sessions``, ``started``,
-        ``last_activity``, ``topics`` (per topic: ``submitted``, ``done``, ``failed``,
-        ``pending``), ``results``, ``pending``, ``last_results`` and ``error``.
+        ``session_starts`` (when each session began), ``last_activity``, ``topics`` (per
+        topic: ``submitted``, ``done``, ``failed``, ``pending``), ``results``, ``pending``,
+        ``last_results`` and ``error``.
 
     Raises:
         FileNotFoundError: If `run_dir` is not a run directory.
@@ -74,6 +75,7 @@ def status(run_dir: str | os.PathLike[str], last: int = LAST_RESULTS) -> dict[st
         "holder": holder,
         "sessions": len(state.sessions),
         "started": state.sessions[0].get("started") if state.sessions else None,
+        "session_starts": [s.get("started") for s in state.sessions],
         "last_activity": max(times) if times else None,
         "topics": dict(sorted(topics.items())),
         "results": len(state.finals),

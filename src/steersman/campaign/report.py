@@ -155,10 +155,11 @@ def write_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         raise ValueError(f"unknown value_topic {topic!r}; topics in this run: {topics}")
 
     lanes = assign_lanes(trace)
+    capacity = slot_capacity(trace, lanes, info.get("session_starts") or [])
     drawn = []
     for name, draw in (
         ("allocation.png", lambda: _plot_allocation(trace, lanes, alloc_times, alloc, colours)),
-        ("utilisation.png", lambda: _plot_utilisation(trace, lanes, colours)),
+        ("utilisation.png", lambda: _plot_utilisation(trace, capacity, colours)),
         ("durations.png", lambda: _plot_durations(trace)),
         ("overhead.png", lambda: _plot_overhead(trace, colours)),
         ("best.png", lambda: _plot_best(trace, topic, goal)),
@@ -169,7 +170,7 @@ def write_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
             drawn.append(name)
         elif (out / name).exists():
             (out / name).unlink()  # stale from an earlier report
-    text = summary(run, info, trace, lanes, topic, goal, drawn)
+    text = summary(run, info, trace, capacity, topic, goal, drawn)
     (out / "summary.txt").write_text(text)
     logger.info("wrote the report of %s to %s", run, out)
     return out
@@ -210,6 +211,41 @@ def assign_lanes(trace: Trace) -> Lanes:
         for k, _ in enumerate(used):
             labels.append(worker if len(used) == 1 else f"{worker} #{k}")
     return Lanes(rows, labels)
+
+
+@dataclass
+class Capacity:
+    """The worker slots a run had: per session (a resumed run's workers are new processes),
+    the rows its tasks used, over the span from its first task's start to its last's end."""
+
+    slots: list[int]  # per session that ran tasks
+    slot_seconds: float  # sum over those sessions of slots x span
+    busy_seconds: float  # compute time of every task
+
+    @property
+    def utilisation(self) -> float:
+        return self.busy_seconds / self.slot_seconds if self.slot_seconds > 0 else 0.0
+
+    @property
+    def most_at_once(self) -> int:
+        return max(self.slots, default=0)
+
+
+def slot_capacity(trace: Trace, lanes: Lanes, session_starts: list[float]) -> Capacity:
+    """Each task belongs to the session during which it started; idle time between sessions
+    (the campaign was down) counts as no one's."""
+    started, ended = trace.array("started"), trace.array("ended")
+    ok = np.flatnonzero(lanes.row >= 0)
+    starts = sorted(float(t) for t in session_starts if t is not None)
+    session = np.searchsorted(np.asarray(starts, dtype=float), started[ok], side="right")
+    slots, slot_seconds = [], 0.0
+    for k in np.unique(session):
+        tasks = ok[session == k]
+        span = float(ended[tasks].max() - started[tasks].min())
+        slots.append(len(np.unique(lanes.row[tasks])))
+        slot_seconds += slots[-1] * span
+    busy = float(np.sum(ended[ok] - started[ok]))
+    return Capacity(slots, slot_seconds, busy)
 
 
 def busy_average(starts: np.ndarray, ends: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -328,7 +364,8 @@ def _plot_allocation(trace: Trace, lanes: Lanes, alloc_times: np.ndarray,
     return figure
 
 
-def _plot_utilisation(trace: Trace, lanes: Lanes, colours: dict[str, Any]) -> Figure | None:
+def _plot_utilisation(trace: Trace, capacity: Capacity,
+                      colours: dict[str, Any]) -> Figure | None:
     started = trace.array("started") - trace.origin
     ended = trace.array("ended") - trace.origin
     ok = np.isfinite(started) & np.isfinite(ended)
@@ -348,11 +385,10 @@ def _plot_utilisation(trace: Trace, lanes: Lanes, colours: dict[str, Any]) -> Fi
     figure, (ax,) = _figure(11, 4.2)
     mids = (edges[:-1] + edges[1:]) / 2
     ax.stackplot(mids, stacks, labels=names, colors=[colours[n] for n in names], alpha=0.9)
-    workers = len(lanes.labels)
+    workers = capacity.most_at_once
     ax.axhline(workers, color="0.2", linestyle="--", linewidth=1.2,
                label=f"worker slots used ({workers})")
-    busy_time = float(np.sum(ended[ok] - started[ok]))
-    mean = busy_time / (workers * (t1 - t0)) if workers else 0.0
+    mean = capacity.utilisation
     ax.set_xlim(min(0.0, t0), t1)
     ax.set_ylim(0, max(workers, 1) * 1.12)
     ax.set_xlabel("time since start (s)")
@@ -459,8 +495,8 @@ def _plot_best(trace: Trace, topic: str | None, goal: str) -> Figure | None:
 # --- summary --------------------------------------------------------------------------------
 
 
-def summary(run: Path, info: dict[str, Any], trace: Trace, lanes: Lanes, topic: str | None,
-            goal: str, drawn: list[str]) -> str:
+def summary(run: Path, info: dict[str, Any], trace: Trace, capacity: Capacity,
+            topic: str | None, goal: str, drawn: list[str]) -> str:
     """The text summary of a run."""
     lines = [f"Run directory: {run}", f"Thinker: {info.get('thinker') or 'unknown'}"]
     campaign = info.get("campaign")
@@ -502,13 +538,12 @@ def summary(run: Path, info: dict[str, Any], trace: Trace, lanes: Lanes, topic: 
                          f"{_seconds(float(np.median(d))):>11}"
                          f"{_seconds(float(np.percentile(d, 95))):>11}"
                          f"{_seconds(float(d.max())):>11}")
-    ok = np.isfinite(duration)
-    if ok.any() and lanes.labels:
-        window = float(np.nanmax(ended[ok]) - np.nanmin(started[ok]))
-        mean = float(duration[ok].sum()) / (len(lanes.labels) * window) if window > 0 else 0
+    if capacity.slots:
+        over = "" if len(capacity.slots) == 1 else \
+            f" at most, over {len(capacity.slots)} sessions ({sum(capacity.slots)} in all)"
         lines.append("")
-        lines.append(f"Workers: {len(lanes.labels)} slot(s) used, utilisation "
-                     f"{100 * mean:.1f}% on average")
+        lines.append(f"Workers: {capacity.most_at_once} slot(s) used{over}, utilisation "
+                     f"{100 * capacity.utilisation:.1f}% on average")
     if topic is not None:
         values = trace.array("value")
         mask = (topics == topic) & np.isfinite(values) & success
