@@ -47,6 +47,7 @@ def test_json_file_and_cores_override(tmp_path: Path, capsys: pytest.CaptureFixt
     ("content", "suffix", "message"),
     [
         ("{not json", ".json", "invalid JSON"),
+        ("applications: [1, 2\n", ".yaml", "invalid YAML at line 2, column 1: expected ','"),
         ("applications: {a: {min: 3, max: 2}}\ncores: 4", ".yaml", "min=3 > max=2"),
         ("applications: {a: {}}", ".yaml", "no 'cores'"),
         ("applications: {a: {speed: 2}}\ncores: 4", ".yaml", "unknown keys ['speed']"),

@@ -73,8 +73,10 @@ def _parse(text: str, path: Path) -> Any:
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: invalid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # one line: where, and what went wrong there
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}: invalid YAML{where}: {problem or exc}") from None
 
 
 def _items(apps: Any) -> list[tuple[str, Mapping[str, Any]]]:
