@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from proxystore.store import Store
 
-from steersman import PipeQueues
+from steersman import AgentError, BaseThinker, PipeQueues, Result, agent, result_processor
 from steersman.exceptions import TaskServerDied
 
 Count = Callable[[Store[Any]], int]
@@ -120,4 +121,49 @@ def test_inputs_of_a_request_resent_by_a_resumed_campaign_are_evicted_when_it_re
     result = resumed.get_result("big", timeout=20)
     assert result is not None and result.success, result and result.failure_info
     assert np.array_equal(result.value, BIG)
+    assert stored_objects(file_store) == 0
+
+
+class SendsThenStops(BaseThinker):
+    """Sends two tasks with large inputs, unless resuming; stops early when told to (the
+    user pressing Ctrl-C), else waits for both results."""
+
+    def __init__(self, queues: PipeQueues, run_dir: Path, interrupt: bool):
+        super().__init__(queues, run_dir=run_dir, progress=False)
+        self.interrupt = interrupt
+        self.values: list[float] = []
+
+    @agent(startup=True)
+    def send(self) -> None:
+        if self.campaign is not None and self.campaign.resumed:
+            return  # the two requests are resent by the resume
+        for i in range(2):
+            self.queues.send_inputs(BIG + i, method="echo", topic="big")
+        if self.interrupt:
+            raise KeyboardInterrupt
+
+    @result_processor(topic="big")
+    def receive(self, result: Result) -> None:
+        assert result.success, result.failure_info
+        self.values.append(float(result.value[0]))
+        if len(self.values) == 2:
+            self.done.set()
+
+
+def test_inputs_of_an_interrupted_campaign_stay_for_its_resume(
+    serve: Callable[..., PipeQueues], file_store: Store[Any], stored_objects: Count,
+    tmp_path: Path,
+) -> None:
+    """A graceful stop (not a kill) keeps the inputs of tasks not back: resume needs them,
+    and evicts them once their results are in."""
+    options = {"proxystore_name": file_store.name, "proxystore_threshold": THRESHOLD}
+    first = new_queues(topics=["big"], **options)  # no server: nothing comes back
+    with pytest.raises(AgentError):
+        SendsThenStops(first, tmp_path / "run", interrupt=True).run()
+    first.close()
+    assert stored_objects(file_store) == 2
+
+    resumed = SendsThenStops(serve(**options), tmp_path / "run", interrupt=False)
+    resumed.run()
+    assert sorted(resumed.values) == [0.0, 1.0]
     assert stored_objects(file_store) == 0

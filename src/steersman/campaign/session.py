@@ -570,6 +570,8 @@ class Campaign:
         else:
             outcome = {"status": "failed", "error": repr(error)}
         outcome["time"] = time()
+        if error is not None:  # resumable: its unfinished tasks' inputs are needed again
+            self.thinker.queues.keep_pending_inputs()
         try:
             recording.close(outcome)
         finally:

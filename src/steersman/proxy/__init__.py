@@ -144,6 +144,13 @@ class QueueProxies:
             for name, key in keys:
                 _backend.evict(name, key)
 
+    def keep_pending(self) -> None:
+        """Leave the stored inputs of tasks not back yet to a later process (a campaign that
+        stopped before it finished resends them on resume, and adopts them then)."""
+        self._own_records()
+        with self._lock:
+            self._stored.clear()
+
     def close(self) -> None:
         """Evict the inputs of every task that never came back."""
         self._own_records()

@@ -623,10 +623,18 @@ class BaseQueues(ABC):
         if executor is not None and known is not None and executor not in known:
             raise ValueError(f"unknown executor {executor!r}; valid executors: {sorted(known)}")
 
+    def keep_pending_inputs(self) -> None:
+        """Keep the stored (proxied) inputs of tasks that have not come back, rather than
+        evict them at :meth:`close`: a campaign that stopped unfinished resends those tasks
+        when it resumes. Called by a thinker with a run directory that ends unfinished."""
+        if self._proxies is not None:
+            self._proxies.keep_pending()
+
     def close(self) -> None:
         """End every wait (with QueueConnectionError); the queues cannot be used afterwards.
 
-        Inputs stored for tasks that never came back are evicted from their store.
+        Inputs stored for tasks that never came back are evicted from their store (unless
+        :meth:`keep_pending_inputs` was called).
         """
         with self._lock:
             self._closing = True
