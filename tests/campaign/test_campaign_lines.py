@@ -205,3 +205,70 @@ def test_line_from_the_record_flags_matches_the_line_from_the_header(
     assert parsed["value"] == {"y": 9}
     assert parsed["inputs"] == ([[3], {"x": [1.5]}] if keep_inputs else [[], {}])
     assert _lines(tmp_path) == [parsed]
+
+
+def _exchange_value(recording: Recording, value: object, inputs: tuple = ((), {}),
+                    proxied: bool = False) -> Result:
+    """Journal one request with `inputs` and its result with `value`."""
+    request = Result(method="make", topic="sim", inputs=inputs)
+    request.encode_inputs()
+    recording.request_sent(request, ("sim", 1))
+    request.timestamp.result_received = time.time()
+    if proxied:  # the frames carry a proxy; the thinker saw what it resolved to
+        request.proxystore_name = "store"
+        request.set_result("proxy blob")
+        request.encode_value()
+        request.__dict__["value"] = value
+    else:
+        request.set_result(value)
+        request.encode_value()
+    recording.result_received(request)
+    return request
+
+
+def test_lines_bound_what_one_value_contributes(tmp_path: Path) -> None:
+    """Large bytes-likes become a note of their size, long strings are cut, from the line
+    writer as from the thinker (proxied values); numbers and shorter text stay exact."""
+    big = 3 << 20
+    recording = _open(tmp_path)
+    _exchange_value(recording, bytes(big), ((bytearray(big),), {"raw": b"\xff" * big}))
+    _exchange_value(recording, {"text": "x" * (2 << 20), "small": b"ab"}, proxied=True)
+    floats = [0.5 * i for i in range(200_000)]
+    _exchange_value(recording, floats, (("y" * 100_000,), {}))
+    _exchange_value(recording, [bytes(big)] * 3, proxied=True)
+    _close(recording)
+    size = (tmp_path / RESULTS).stat().st_size
+    assert size < 8 << 20, size  # the floats: 200_000 of them, exact
+    first, second, third, fourth = _lines(tmp_path)
+    assert first["value"] == f"<bytes: {big} bytes>"
+    assert first["inputs"] == [[f"<bytearray: {big} bytes>"], {"raw": f"<bytes: {big} bytes>"}]
+    text = second["value"]["text"]
+    assert len(text) < 70_000 and text.endswith(f"... <str cut: {2 << 20} characters>")
+    assert second["value"]["small"] == "ab"
+    assert third["value"] == floats and third["inputs"] == [["y" * 100_000], {}]
+    assert fourth["value"] == [f"<bytes: {big} bytes>"] * 3
+
+
+def test_line_rebuilt_from_the_journal_is_bounded_too(tmp_path: Path) -> None:
+    recording = _open(tmp_path)
+    recording.lines.finish()  # no line writer: the lines are rebuilt when recording closes
+    cyclic: list[object] = [1.5]
+    cyclic.append(cyclic)
+    _exchange_value(recording, cyclic, ((bytearray(1 << 20),), {}))
+    _close(recording)
+    (line,) = _lines(tmp_path)
+    assert line["value"] == [1.5, "<cycle: list>"]
+    assert line["inputs"] == [[f"<bytearray: {1 << 20} bytes>"], {}]
+
+
+def test_a_value_that_cannot_be_written_still_gets_its_line(tmp_path: Path) -> None:
+    """Invalid UTF-8 sends the line through the json module, which cannot write an int of
+    5001 digits: the line says so, and the next lines follow."""
+    recording = _open(tmp_path)
+    _exchange_value(recording, [b"\xff", 10**5000], ((2,), {}))
+    _exchange_value(recording, 3)
+    _close(recording)
+    bad, good = _lines(tmp_path)
+    assert bad["value"].startswith("<cannot write: ValueError(")
+    assert bad["inputs"] == bad["value"]
+    assert good["value"] == 3

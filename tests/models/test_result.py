@@ -212,3 +212,89 @@ def test_a_request_decodes_to_its_routing_alone_as_strictly_checked():
     assert whole.timestamp.input_received == 12.0
     kill = decode(join(encode(Kind.KILL)), routing_only=True)
     assert kill.kind is Kind.KILL and kill.task_id is None
+
+
+class _Unprintable:
+    def __repr__(self):
+        raise RuntimeError("repr is broken")
+
+
+class _Huge:
+    def __repr__(self):
+        return "h" * 100_000
+
+
+def test_jsonable_writes_cycles_and_unprintable_objects_as_placeholders():
+    from steersman.models.result import jsonable
+
+    items = [1.0]
+    items.append(items)
+    mapping = {"a": float("nan")}
+    mapping["self"] = mapping
+    mapping["items"] = (items, {items[0]})
+    assert jsonable(items) == [1.0, "<cycle: list>"]
+    assert jsonable(mapping) == {"a": None, "self": "<cycle: dict>",
+                                 "items": [[1.0, "<cycle: list>"], [1.0]]}
+    shared = [2, "x"]
+    assert jsonable([shared, shared]) == [[2, "x"], [2, "x"]]  # shared is not a cycle
+    assert jsonable([_Unprintable()]) == [
+        f"<{__name__}._Unprintable: repr failed: RuntimeError('repr is broken')>"]
+    deep: list = []
+    inner = deep
+    for _ in range(500):  # deeper than a recursion would go
+        inner.append([])
+        inner = inner[0]
+    assert "<too deep: list>" in json.dumps(jsonable(deep))
+    result = Result(method="f", inputs=((items,), {"m": mapping}))
+    result.set_result(_Unprintable())
+    data = json.loads(result.json())
+    assert data["inputs"][0] == [[1.0, "<cycle: list>"]]
+    assert "repr failed" in data["value"]
+
+
+def test_jsonable_bounds_bytes_reprs_and_long_text_but_keeps_numbers_exact():
+    from steersman.models import result as module
+    from steersman.models.result import jsonable
+
+    big = 50 << 20
+    assert jsonable(bytes(big)) == f"<bytes: {big} bytes>"
+    ITEMS_LIMIT, STR_LIMIT, TEXT_LIMIT = module.ITEMS_LIMIT, module.STR_LIMIT, module.TEXT_LIMIT
+    over = TEXT_LIMIT + 1
+    assert jsonable({"b": bytearray(over)}) == {"b": f"<bytearray: {over} bytes>"}
+    assert jsonable(memoryview(bytes(big))) == f"<memoryview: {big} bytes>"
+    assert jsonable(b"ab\xff") == "b'ab\\xff'"  # short: its repr, as before
+    huge = jsonable(_Huge())
+    assert len(huge) < TEXT_LIMIT + 100 and huge.endswith("... <repr cut: 100000 characters>")
+    text = "t" * (STR_LIMIT + 1)
+    assert jsonable(text) == "t" * TEXT_LIMIT + f"... <str cut: {STR_LIMIT + 1} characters>"
+    assert jsonable("s" * STR_LIMIT) == "s" * STR_LIMIT
+    floats = [0.25 * i for i in range(100_000)]
+    assert jsonable(floats) == floats and jsonable(tuple(floats)) == floats
+    assert jsonable([1, float("inf"), 2.5]) == [1, None, 2.5]
+    assert jsonable({"x": 1.0, 2: 3}) == {"x": 1.0, "2": 3}
+    assert jsonable([10**400, 1.5]) == [10**400, 1.5]  # too large for a float: kept exact
+    assert jsonable(range(3)) == "range(0, 3)"
+    assert jsonable(list(range(ITEMS_LIMIT + 1))) == f"<list: {ITEMS_LIMIT + 1} items>"
+    assert jsonable(np.arange(3.0)) == [0.0, 1.0, 2.0] and jsonable(np.float32(1.5)) == 1.5
+
+
+def test_failure_of_an_exception_whose_repr_or_traceback_cannot_be_written():
+    class BadRepr(Exception):
+        def __repr__(self):
+            raise RuntimeError("repr is broken")
+
+        @property
+        def __notes__(self):
+            raise RuntimeError("notes are broken")
+
+    result = Result(method="f")
+    try:
+        raise BadRepr("x")
+    except BadRepr as exc:
+        result.set_failure(exc)
+    info = result.failure_info
+    assert result.success is False
+    assert info.exception == (f"<{__name__}.{BadRepr.__qualname__}: repr failed: "
+                              "RuntimeError('repr is broken')>")
+    assert 'raise BadRepr("x")' in info.traceback
+    assert "<traceback could not be formatted: RuntimeError('notes are broken')>" in info.traceback

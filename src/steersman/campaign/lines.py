@@ -38,13 +38,14 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pydantic_core
 
 from steersman.campaign.journal import Batch, RecordKind, iter_batches
-from steersman.campaign.receipt import trace_line
-from steersman.models.serialization import Frame, SerializationMethod
+from steersman.campaign.receipt import Decoded, Payload, trace_line
+from steersman.models.result import TEXT_LIMIT, Inputs, jsonable, safe_repr
+from steersman.models.serialization import Frame, SerializationMethod, deserialize
 from steersman.queue.pipe import write_all
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,12 @@ _REQUEST, _RESULT = RecordKind.REQUEST.value, RecordKind.RESULT.value
 def line_of(fields: Sequence[bytes], frames: Sequence[Frame],
             request_frames: Sequence[Frame] | None) -> bytes:
     """The results.jsonl line of a RESULT record (its fields and frames), given the input
-    frames of its request."""
+    frames of its request.
+
+    Every result gets its line, whatever its payload holds: values are bounded as
+    :func:`~steersman.models.result.jsonable` says, and a payload that cannot be written
+    at all is replaced by a text saying why.
+    """
     if len(fields) > LINE_FIELD:  # results with proxies: the thinker made the line
         return fields[LINE_FIELD]
     flags, header = fields[2], fields[3]
@@ -78,8 +84,53 @@ def line_of(fields: Sequence[bytes], frames: Sequence[Frame],
         about = pydantic_core.from_json(header)
         keep_inputs = bool(about.get("keep_inputs"))
         method = SerializationMethod.parse(about["serialization_method"])
-    return trace_line(header, fields[4], request_frames if keep_inputs else None, frames,
-                      method)
+    inputs = request_frames if keep_inputs else None
+    return _line(header, fields[4], _bounded(inputs, method, True),
+                 _bounded(frames, method, False), method)
+
+
+def line_of_decoded(header: bytes, receipt: bytes, inputs: Inputs | None, value: Any,
+                    method: SerializationMethod) -> bytes:
+    """The results.jsonl line of a result received with `header` and `receipt` whose inputs
+    (None: not kept) and value are already decoded (the thinker makes those of results that
+    carried proxies: see ``Recording._queue_result``), bounded as :func:`line_of` bounds
+    them."""
+    return _line(header, receipt, None if inputs is None else _bounded_inputs(inputs),
+                 Decoded(jsonable(value)), method)
+
+
+def _line(header: bytes, receipt: bytes, inputs: Payload, value: Payload,
+          method: SerializationMethod) -> bytes:
+    try:
+        return trace_line(header, receipt, inputs, value, method)
+    except Exception as exc:  # a line all the same, saying why
+        note = Decoded(f"<cannot write: {safe_repr(exc)}>")
+        return trace_line(header, receipt, note if inputs else None, note, method)
+
+
+def _bounded_inputs(inputs: Any) -> Decoded:
+    try:
+        args, kwargs = inputs
+        return Decoded(([jsonable(arg) for arg in args],
+                        {name: jsonable(value) for name, value in kwargs.items()}))
+    except Exception:  # not a pair of arguments: trace_line says so
+        return Decoded(inputs)
+
+
+def _bounded(payload: Sequence[Frame] | None, method: SerializationMethod,
+             are_inputs: bool) -> Payload:
+    """A payload as :func:`trace_line` should take it: as it is if it is too small to hold
+    anything :func:`~steersman.models.result.jsonable` would shorten (no bytes-like or string
+    is longer than its frames, no container holds more items than they have bytes), else
+    decoded and made bounded JSON data (pydantic's serializer would write bytes and strings
+    whole)."""
+    if not payload or sum(map(len, payload)) <= TEXT_LIMIT:  # frames of bytes, as journaled
+        return payload
+    try:
+        objects = deserialize(payload, method)
+    except Exception:
+        return payload  # trace_line writes why it cannot be decoded
+    return _bounded_inputs(objects) if are_inputs else Decoded(jsonable(objects))
 
 
 class _Follower:

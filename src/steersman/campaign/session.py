@@ -38,15 +38,15 @@ from time import time
 from typing import TYPE_CHECKING, Any
 
 from steersman.campaign.journal import JournalWriter, Record, RecordKind, read_journal
-from steersman.campaign.lines import LINE_FIELD, LineWriter, line_of, lock_lines
-from steersman.campaign.progress import Counters, Display, choose_mode, make_display
-from steersman.campaign.receipt import (
-    Decoded,
-    apply_receipt,
-    pack_receipt,
-    received_header,
-    trace_line,
+from steersman.campaign.lines import (
+    LINE_FIELD,
+    LineWriter,
+    line_of,
+    line_of_decoded,
+    lock_lines,
 )
+from steersman.campaign.progress import Counters, Display, choose_mode, make_display
+from steersman.campaign.receipt import apply_receipt, pack_receipt, received_header
 from steersman.campaign.rundir import (
     JOURNAL,
     RESULTS,
@@ -300,8 +300,7 @@ class Recording:
         fields: tuple[bytes, ...] = (result.task_id.encode(), result.topic.encode(), flags,
                                      header, receipt)
         if result.proxystore_name is not None:
-            fields += (trace_line(header, receipt, Decoded(result.inputs),
-                                  Decoded(result.value), method),)
+            fields += (line_of_decoded(header, receipt, result.inputs, result.value, method),)
             frames, inputs = _plain_payload(result)
             fields += inputs
         self.journal.enqueue(RecordKind.RESULT, fields, _kept(frames),

@@ -76,8 +76,22 @@ class FailureInformation(BaseModel):
 
     @classmethod
     def from_exception(cls, exc: BaseException, **flags: bool) -> FailureInformation:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return cls(exception=repr(exc), traceback=text, **flags)
+        """Describe `exc`, even one whose ``__repr__`` or ``__str__`` raises: the failure is
+        reported all the same (a placeholder names its type), never lost with the worker."""
+        return cls(exception=safe_repr(exc), traceback=_format_traceback(exc), **flags)
+
+
+def _format_traceback(exc: BaseException) -> str | None:
+    """The formatted traceback of `exc`; its frames alone if the whole cannot be formatted."""
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception as error:
+        try:
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+        except Exception:
+            frames = ""
+        return (f"Traceback (most recent call last):\n{frames}{_type_name(exc)}: "
+                f"<traceback could not be formatted: {_error_text(error)}>\n")
 
 
 class WorkerInformation(BaseModel):
@@ -310,7 +324,8 @@ class Result(BaseModel):
     def json(  # type: ignore[override]
         self, exclude: set[str] | dict[str, Any] | None = None, **kwargs: Any
     ) -> str:
-        """One line of strict JSON (no NaN); values JSON cannot hold are written as their repr."""
+        """One line of strict JSON (no NaN); values JSON cannot hold are written as their repr,
+        large or self-referencing ones as placeholders (see :func:`jsonable`)."""
         data = self.model_dump(exclude=exclude, **kwargs)
         excluded = set(exclude) if exclude is not None else set()
         if "inputs" not in excluded:
@@ -352,25 +367,173 @@ def _nbytes(frames: Sequence[Frame]) -> int:
     return sum(memoryview(f).nbytes for f in frames)
 
 
+#: Characters of text that one bytes-like value, or the repr of an object JSON cannot hold,
+#: contributes to a line of results.jsonl (and to :meth:`Result.json`): past it, a bytes-like
+#: becomes a placeholder with its size, a repr is cut and notes its full length.
+TEXT_LIMIT = 64 * 1024
+#: Characters past which a string is cut to :data:`TEXT_LIMIT` (with a note of its length).
+STR_LIMIT = 1 << 20
+#: Items past which a list, tuple, set or dict becomes a placeholder with its length.
+ITEMS_LIMIT = 1_000_000
+#: Nesting depth past which a container becomes a placeholder.
+MAX_DEPTH = 200
+_PLAIN = frozenset({int, bool, type(None)})  # written as they are
+_REALS = frozenset({int, float, bool})
+_STR = frozenset({str})
+_BYTES = (bytes, bytearray, memoryview)
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+_isfinite = math.isfinite
+
+
 def jsonable(obj: Any) -> Any:
-    """Make `obj` strict-JSON safe: non-finite floats become null, paths text, NumPy values
-    numbers or lists, unknown objects their repr."""
-    if obj is None or isinstance(obj, (bool, int, str)):
+    """Make `obj` strict-JSON safe and of bounded size, for lines people and plots read.
+
+    Non-finite floats become null, paths text, NumPy values numbers or lists, unknown objects
+    their repr. What would make a line unreadable or huge becomes a short placeholder text: a
+    reference cycle (``"<cycle: list>"``), an object whose repr raises (naming its type and
+    the error), a bytes-like of more than :data:`TEXT_LIMIT` bytes (``"<bytes: 52428800
+    bytes>"``), a container of more than :data:`ITEMS_LIMIT` items or nested deeper than
+    :data:`MAX_DEPTH`; a repr longer than :data:`TEXT_LIMIT` characters and a string longer
+    than :data:`STR_LIMIT` are cut, noting their full length. Numbers and other strings,
+    lists and dicts stay exact.
+    """
+    return _jsonable(obj, set())
+
+
+def _jsonable(obj: Any, path: set[int]) -> Any:
+    """:func:`jsonable`, given the ids of the containers around `obj`."""
+    cls = obj.__class__
+    if cls in _PLAIN:
         return obj
+    if cls is float:
+        return obj if _isfinite(obj) else None
+    if cls is str:
+        return obj if len(obj) <= STR_LIMIT else _cut_str(obj)
+    if isinstance(obj, _CONTAINERS):
+        return _container(obj, path)
+    return _other(obj, path)
+
+
+def _container(obj: Any, path: set[int]) -> Any:
+    if len(obj) > ITEMS_LIMIT:
+        return _many(obj)
+    is_dict = isinstance(obj, dict)
+    items = obj.values() if is_dict else obj
+    if _REALS.issuperset(map(type, items)) and _finite(items) \
+            and (not is_dict or _STR.issuperset(map(type, obj))):
+        return dict(obj) if is_dict else list(obj)  # numbers alone: no call per item
+    key = id(obj)
+    if key in path:
+        return _cycle(obj)
+    if len(path) >= MAX_DEPTH:
+        return f"<too deep: {_type_name(obj)}>"
+    path.add(key)
+    try:
+        if is_dict:
+            return {k if k.__class__ is str else _key(k): _jsonable(v, path)
+                    for k, v in obj.items()}
+        return [_jsonable(v, path) for v in obj]
+    finally:
+        path.discard(key)
+
+
+def _finite(values: Any) -> bool:
+    """Whether numbers are all finite (a NaN or an infinity makes their sum one)."""
+    try:
+        return _isfinite(sum(values))
+    except OverflowError:  # an int too large for a float: look at them one by one
+        return False
+
+
+def _other(obj: Any, path: set[int]) -> Any:
+    """:func:`_jsonable` of the less common types (subclasses of the common ones included)."""
+    if obj is None or isinstance(obj, (bool, int)):
+        return obj
+    if isinstance(obj, str):
+        return obj if len(obj) <= STR_LIMIT else _cut_str(obj)
+    if isinstance(obj, float):
+        return obj if _isfinite(obj) else None
     if isinstance(obj, PurePath):
         return str(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, Enum):
-        return jsonable(obj.value)
-    item = getattr(obj, "item", None)  # NumPy scalars
-    if callable(item) and getattr(obj, "ndim", None) == 0:
-        return jsonable(item())
-    tolist = getattr(obj, "tolist", None)  # small NumPy arrays
-    if callable(tolist) and getattr(obj, "size", math.inf) <= 10_000:
-        return jsonable(tolist())
-    return repr(obj)
+    if isinstance(obj, _BYTES):
+        return _bytes(obj)
+    try:
+        if isinstance(obj, Enum):
+            return _jsonable(obj.value, path)
+        item = getattr(obj, "item", None)  # NumPy scalars
+        if callable(item) and getattr(obj, "ndim", None) == 0:
+            return _jsonable(item(), path)
+        tolist = getattr(obj, "tolist", None)  # small NumPy arrays
+        if callable(tolist) and getattr(obj, "size", math.inf) <= 10_000:
+            return _jsonable(tolist(), path)
+    except Exception:  # an object that only looks like those: its repr will do
+        pass
+    return safe_repr(obj)
+
+
+def safe_repr(obj: Any) -> str:
+    """The repr of `obj`, cut past :data:`TEXT_LIMIT` characters; a placeholder naming its
+    type and the error if it raises."""
+    try:
+        text = repr(obj)
+    except Exception as error:
+        return f"<{_type_name(obj)}: repr failed: {_error_text(error)}>"
+    if len(text) <= TEXT_LIMIT:
+        return text
+    return f"{text[:TEXT_LIMIT]}... <repr cut: {len(text)} characters>"
+
+
+def _key(key: Any) -> str:
+    """A dict key as text."""
+    if isinstance(key, _BYTES) and _nbytes_of(key) > TEXT_LIMIT:
+        return _bytes(key)
+    try:
+        text = str(key)
+    except Exception:
+        return safe_repr(key)
+    return text if len(text) <= TEXT_LIMIT else _cut_str(text, "key")
+
+
+def _bytes(obj: bytes | bytearray | memoryview) -> str:
+    """Text as results.jsonl writes bytes (as pydantic does), its repr if not UTF-8; a
+    placeholder with its size past :data:`TEXT_LIMIT`."""
+    size = _nbytes_of(obj)
+    if size > TEXT_LIMIT:
+        return f"<{_type_name(obj)}: {size} bytes>"
+    try:
+        return bytes(obj).decode()
+    except (UnicodeDecodeError, ValueError):
+        return safe_repr(obj)
+
+
+def _nbytes_of(obj: bytes | bytearray | memoryview) -> int:
+    try:
+        return obj.nbytes if isinstance(obj, memoryview) else len(obj)
+    except ValueError:  # a released memoryview
+        return 0
+
+
+def _cut_str(text: str, what: str = "str") -> str:
+    return f"{text[:TEXT_LIMIT]}... <{what} cut: {len(text)} characters>"
+
+
+def _cycle(obj: Any) -> str:
+    return f"<cycle: {_type_name(obj)}>"
+
+
+def _many(obj: Any) -> str:
+    return f"<{_type_name(obj)}: {len(obj)} items>"
+
+
+def _type_name(obj: Any) -> str:
+    cls = type(obj)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _error_text(error: BaseException) -> str:
+    """What an error raised while describing something says, itself described safely."""
+    try:
+        return repr(error)
+    except Exception:
+        return _type_name(error)
