@@ -215,6 +215,112 @@ def test_dead_server_is_reported_not_a_hang():
         queues.get_result(timeout=5)
 
 
+def _serve_leave_a_holder_and_die(queues: PipeQueues, answers: int, release: tuple[int, int],
+                                  cut: bool = False) -> None:
+    """A server that answers `answers` requests, forks a helper holding every end of the
+    pipes it holds (as a process pool's workers do) until `release` is closed, and dies with
+    SIGKILL; with `cut`, it dies in the middle of writing one more result."""
+    import signal
+
+    os.close(release[1])  # only the test holds it: closing it frees the helper
+    queues.on_server_process()
+    for _ in range(answers):
+        message = queues.get_task()
+        result = message.result
+        result.set_result(sum(result.decode_inputs()[0]))
+        queues.send_result(result)
+    if cut:  # a length prefix and a few bytes of the message it announces
+        os.write(queues._outcomes._writer.fileno(), (1000).to_bytes(8, "little") + b"abc")
+    if os.fork() == 0:
+        os.read(release[0], 1)
+        os._exit(0)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _start_dying_server(queues: PipeQueues, answers: int, cut: bool = False
+                        ) -> tuple[multiprocessing.Process, tuple[int, int]]:
+    release = os.pipe()
+    process = multiprocessing.get_context("fork").Process(
+        target=_serve_leave_a_holder_and_die, args=(queues, answers, release, cut))
+    process.start()
+    os.close(release[0])
+    queues.on_server_started(process)
+    return process, release
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("cut", [False, True], ids=["whole", "cut-mid-message"])
+def test_death_is_reported_while_a_child_of_the_server_holds_the_pipes(cut):
+    """The pipes see no end of file while a process the server started holds them open; the
+    server's own end is watched. Results it sent before dying come first; a message cut short
+    by its death ends the wait too."""
+    queues = PipeQueues()
+    process, release = _start_dying_server(queues, answers=3, cut=cut)
+    try:
+        for i in range(3):
+            queues.send_inputs(i, 1, method="add")
+        process.join()  # no timeout: a join with one waits on the sentinel, which its child holds
+        values = sorted(queues.get_result(timeout=5).value for _ in range(3))
+        assert values == [1, 2, 3]
+        queues.send_inputs(1, 1, method="add")
+        start = time.perf_counter()
+        with pytest.raises(TaskServerDied, match="1 task"):
+            queues.get_result(timeout=5)
+        assert time.perf_counter() - start < 1
+        with pytest.raises(TaskServerDied):  # and every later wait
+            queues.get_result(timeout=5)
+    finally:
+        os.close(release[1])
+        queues.close()
+
+
+@pytest.mark.timeout(30)
+def test_sending_into_a_full_pipe_of_a_dead_server_raises():
+    """A request pipe held open by the dead server's child fills up: the send raises instead
+    of waiting for room forever."""
+    queues = PipeQueues()
+    process, release = _start_dying_server(queues, answers=0)
+    try:
+        process.join()
+        payload = np.zeros(1 << 15)  # 256 KB a request: the 1 MB pipe fills after a few
+        with pytest.raises(TaskServerDied):
+            for _ in range(64):
+                queues.send_inputs(payload, method="f")
+    finally:
+        os.close(release[1])
+        queues.close()
+
+
+def _wait_for_release(release: tuple[int, int]) -> None:
+    os.close(release[1])
+    os.read(release[0], 1)
+
+
+@pytest.mark.timeout(30)
+def test_several_watched_servers_are_dead_once_all_ended():
+    """A death is reported once every watched process ended, as the pipes' end of file is."""
+    queues = PipeQueues()
+    release_r, release_w = os.pipe()
+    context = multiprocessing.get_context("fork")
+    first = context.Process(target=lambda: None)
+    second = context.Process(target=_wait_for_release, args=((release_r, release_w),))
+    first.start()
+    second.start()
+    queues.on_server_started(first)
+    queues.on_server_started(second)
+    try:
+        first.join(10)
+        queues.track("abc", "default")
+        assert queues.get_result(timeout=0.2) is None  # the second one still runs
+        os.close(release_w)
+        second.join(10)
+        with pytest.raises(TaskServerDied):
+            queues.get_result(timeout=5)
+    finally:
+        os.close(release_r)
+        queues.close()
+
+
 def test_wait_result_stops_when_told(pipe_queues):
     stop = threading.Event()
     threading.Timer(0.05, lambda: (stop.set(), pipe_queues.wake())).start()

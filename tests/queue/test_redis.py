@@ -137,6 +137,7 @@ def test_pairs_share_a_prefix(redis_server: Any) -> None:
     [({"port": 0}, "port"), ({"port": 70000}, "port"), ({"db": -1}, "db"),
      ({"hostname": ""}, "hostname"), ({"prefix": ""}, "prefix"),
      ({"claim_idle": -1}, "claim_idle"), ({"reconnect_timeout": 0}, "reconnect_timeout"),
+     ({"server_timeout": 0}, "server_timeout"), ({"server_timeout": "30"}, "server_timeout"),
      ({"serialization_method": "yaml"}, "serialization_method")],
 )
 def test_bad_options_are_named(options: dict[str, Any], named: str) -> None:

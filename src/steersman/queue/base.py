@@ -19,6 +19,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from multiprocessing.process import BaseProcess
 from time import monotonic, time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -138,8 +139,9 @@ class BaseQueues(ABC):
         """Reset per-process state in a child created by fork (locks may have been held)."""
         self._init_local()
 
-    def on_server_started(self) -> None:
-        """In the thinker's process, right after the task server process started."""
+    def on_server_started(self, server: BaseProcess | None = None) -> None:
+        """In the thinker's process, right after the task server process `server` started
+        (backends that can watch it report its death by it)."""
 
     def on_server_process(self) -> None:
         """In the task server's process, before it serves."""

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from steersman.models.messages import MAGIC, message_size
 from steersman.models.serialization import Frame
+from steersman.queue._lifelines import ENDED, Lifelines, wait_ready
 
 #: Largest request that takes the lane (a worker receives it into its slot whole).
 LANE_BYTES = 64 << 10
@@ -41,9 +42,11 @@ class Lane:
             self.sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
         self.sender.setblocking(False)
 
-    def send(self, parts: Sequence[Frame], on_full: Callable[[], None] | None) -> None:
+    def send(self, parts: Sequence[Frame], on_full: Callable[[], None] | None,
+             lifelines: Lifelines | None = None) -> None:
         """Send one request whole (several threads may send at once); when the lane is full,
-        call `on_full` and wait for room. Raises OSError if no worker can ever receive it."""
+        call `on_full` and wait for room. Raises OSError if no worker can ever receive it,
+        or once every process `lifelines` watches (the task server) ended."""
         while True:
             try:
                 self.sender.sendmsg(parts)
@@ -51,9 +54,10 @@ class Lane:
             except BlockingIOError:
                 if on_full is not None:
                     on_full()
-                poller = select.poll()
-                poller.register(self.sender, select.POLLOUT)
-                poller.poll()  # a closed receiving end shows too: the next send raises
+                # a closed receiving end shows too: the next send raises
+                if wait_ready(self.sender.fileno(), select.POLLOUT,
+                              lifelines=lifelines) == ENDED:
+                    raise BrokenPipeError("the task server ended") from None
 
     def close_sender(self) -> None:
         self.sender.close()

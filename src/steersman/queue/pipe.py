@@ -6,13 +6,17 @@ shared memory and the pipe carries its name. The server always reads requests; t
 reads results while it waits for them, and whenever a send finds the request pipe full, so
 neither side can block the other for good. Worker processes of a local task server write
 small results into the result pipe themselves (see :class:`DirectWriter`).
+
+The thinker waits on the server process too (see :mod:`steersman.queue._lifelines`): the pipes
+show its death by an end of file only once every process holding them is gone, and processes
+it started may outlive it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
+import functools
 import mmap
 import multiprocessing
 import os
@@ -23,12 +27,14 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from multiprocessing.process import BaseProcess
 from multiprocessing.util import Finalize
 from typing import TYPE_CHECKING, Any
 
 from steersman.exceptions import QueueConnectionError, TaskServerDied
 from steersman.models.result import Result
 from steersman.models.serialization import Frame, SerializationMethod
+from steersman.queue._lifelines import ENDED, READY, Lifelines, wait_ready
 from steersman.queue.base import BaseQueues, Buffer
 from steersman.queue.lane import LANE_BYTES, Lane
 
@@ -73,6 +79,15 @@ class PipeChannel:
         self._inbox = _Inbox()
         self._shared: SharedWriteLock | None = None
         self.on_full: Callable[[], None] | None = None
+        #: The processes at the other end (see :meth:`watch_ends`); None: the pipe alone.
+        self.lifelines: Lifelines | None = None
+
+    def watch_ends(self, lifelines: Lifelines) -> None:
+        """Also end waits once every process `lifelines` watches ended, even while processes
+        they started hold the pipe open: reads then raise EOFError, writes BrokenPipeError.
+        Bytes already in the pipe are read first; a message cut short raises EOFError."""
+        self.lifelines = lifelines
+        os.set_blocking(self._reader.fileno(), False)  # a cut message must not block a read
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_reader": self._reader, "_writer": self._writer}
@@ -100,9 +115,9 @@ class PipeChannel:
             with self._write_lock:
                 if self._shared is not None and sum(v.nbytes for v in views) > select.PIPE_BUF:
                     with self._shared:
-                        write_all(self._writer.fileno(), views, self.on_full)
+                        write_all(self._writer.fileno(), views, self.on_full, self.lifelines)
                 else:
-                    write_all(self._writer.fileno(), views, self.on_full)
+                    write_all(self._writer.fileno(), views, self.on_full, self.lifelines)
         except BaseException:
             for path in spilled:  # nobody will read them
                 with contextlib.suppress(OSError):
@@ -113,24 +128,31 @@ class PipeChannel:
              forward: bool = False) -> bytearray | memoryview | None:
         """Read one message; None after `timeout` or when `wake_fd` becomes readable.
 
-        Raises EOFError when every writer has closed its end. With `forward` (relays), a
+        Raises EOFError when every writer has closed its end, or every process watched (see
+        :meth:`watch_ends`) ended and no message is left. With `forward` (relays), a
         spilled message keeps its file until it is written on whole or dropped; otherwise the
         file is removed at once (the mapping stays).
         """
         with self._read_lock:
-            fd, inbox = self._reader.fileno(), self._inbox
-            if (timeout is not None or wake_fd is not None) and not inbox.held \
-                    and not _wait_readable(fd, timeout, wake_fd):
+            fd, inbox, lifelines = self._reader.fileno(), self._inbox, self.lifelines
+            if (timeout is not None or wake_fd is not None or lifelines is not None) \
+                    and not inbox.held and not _wait_readable(fd, timeout, wake_fd, lifelines):
                 return None
-            (size,) = _LENGTH.unpack(inbox.take(fd, _LENGTH.size))
+            more = None if lifelines is None else functools.partial(_wait_more, fd, lifelines)
+            (size,) = _LENGTH.unpack(inbox.take(fd, _LENGTH.size, more))
             if size & _SPILLED:
-                path = bytes(inbox.take(fd, size & ~(_SPILLED | _KEPT)))
+                path = bytes(inbox.take(fd, size & ~(_SPILLED | _KEPT), more))
                 return _map_kept(path) if size & _KEPT else _unspill(path, forward)
-            return inbox.take(fd, size)
+            return inbox.take(fd, size, more)
 
     @property
     def reader_fd(self) -> int:
         return self._reader.fileno()
+
+    @property
+    def reader_closed(self) -> bool:
+        """Whether this process closed its reading end (see :meth:`close_reader`)."""
+        return bool(self._reader.closed)
 
     @property
     def buffered(self) -> bool:
@@ -246,11 +268,22 @@ class PipeQueues(BaseQueues):
         self._wake: tuple[int, int] = os.pipe()  # made eagerly: close() and a reader race
         # closed with the object, not by close(): a reader woken by close() may still look
         self._wake_closer = weakref.finalize(self, _close_fds, self._wake)
+        inherited_lifelines: Lifelines | None = getattr(self, "_lifelines", None)
+        if inherited_lifelines is not None:  # this process watches no server of its own
+            self._lifelines_closer.detach()
+            inherited_lifelines.close(inherited=True)
+        # The task server processes, watched while waiting for results or for room to send.
+        self._lifelines = Lifelines()
+        self._lifelines_closer: weakref.finalize[[], PipeQueues] = weakref.finalize(
+            self, self._lifelines.close)
+        self._requests.lifelines = self._outcomes.lifelines = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.pop("_wake", None)
         state.pop("_wake_closer", None)
+        state.pop("_lifelines", None)
+        state.pop("_lifelines_closer", None)
         state["_lane"] = None  # a server or worker forked from this process has it already
         return state
 
@@ -265,7 +298,7 @@ class PipeQueues(BaseQueues):
     def _send_task(self, request: Result, parts: Sequence[Frame]) -> None:
         if self._lane is not None and self._takes_lane(request, parts):
             try:
-                self._lane.send(parts, self._drain_in_background)
+                self._lane.send(parts, self._drain_in_background, self._requests.lifelines)
             except OSError as exc:
                 raise TaskServerDied(f"the task server is gone: cannot send requests ({exc})") \
                     from None
@@ -301,7 +334,7 @@ class PipeQueues(BaseQueues):
     def _recv_result(self, timeout: float | None) -> Buffer | None:
         try:
             return self._outcomes.read(timeout, self._wake[0])
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # every writer closed the pipe, or every server ended
             raise TaskServerDied(
                 f"the task server exited with {self.active_count} task(s) outstanding"
             ) from None
@@ -321,10 +354,31 @@ class PipeQueues(BaseQueues):
 
     # --- which process holds which end --------------------------------------------------------
 
-    def on_server_started(self) -> None:
+    def on_server_started(self, server: BaseProcess | None = None) -> None:
+        """Drop the server's ends of the pipes; with `server`, also watch that process."""
         self.detach_server_ends()
+        if server is not None:
+            self.watch_server(server)
+
+    def watch_server(self, server: BaseProcess) -> None:
+        """In the thinker's process: report the death of the started task server process
+        `server` (as :class:`TaskServerDied`, once the results it sent are read) even while
+        processes it started still hold its pipes open, which hides the pipes' end of file:
+        a process pool's workers, a helper process a task forked.
+
+        Several servers may be watched: their death is reported once all of them ended,
+        as the pipes' end of file would be.
+        """
+        self._lifelines.watch(server)
+        self._outcomes.watch_ends(self._lifelines)
+        self._requests.lifelines = self._lifelines  # a full request pipe waits no longer
 
     def on_server_process(self) -> None:
+        if self._requests.reader_closed:
+            raise QueueConnectionError(
+                "these PipeQueues already connect their thinker to another task server "
+                "process, which holds the pipes' server ends: pipe queues serve one task "
+                "server; use RedisQueues for several")
         super().on_server_process()
         self.detach_client_ends()
 
@@ -364,10 +418,12 @@ def _close_fds(fds: Sequence[int]) -> None:
             os.close(fd)
 
 
-def write_all(fd: int, parts: Sequence[Frame], on_full: Callable[[], None] | None = None) -> None:
+def write_all(fd: int, parts: Sequence[Frame], on_full: Callable[[], None] | None = None,
+              lifelines: Lifelines | None = None) -> None:
     """Write every byte of `parts` to `fd` with vectored writes, resuming after short writes.
 
-    On a non-blocking `fd` that is full, `on_full` is called and the write waits for room.
+    On a non-blocking `fd` that is full, `on_full` is called and the write waits for room
+    (BrokenPipeError if every process `lifelines` watches ended meanwhile).
     """
     views = [memoryview(p).cast("B") for p in parts]
     first, count = 0, len(views)  # the first view not written whole: no list shifts
@@ -377,7 +433,7 @@ def write_all(fd: int, parts: Sequence[Frame], on_full: Callable[[], None] | Non
         except BlockingIOError:
             if on_full is not None:
                 on_full()
-            _wait_writable(fd)
+            _wait_writable(fd, lifelines)
             continue
         while written:
             size = views[first].nbytes
@@ -600,16 +656,23 @@ class _Inbox:
         self._start, self._end = 0, count
         return count
 
-    def take(self, fd: int, size: int) -> bytearray:
+    def take(self, fd: int, size: int, more: Callable[[], None] | None = None) -> bytearray:
         """The next `size` bytes: held ones first, the rest read from `fd` (along with what
-        follows them, up to the inbox's size) in as few calls as the pipe allows."""
+        follows them, up to the inbox's size) in as few calls as the pipe allows.
+
+        On a non-blocking `fd`, `more()` waits until more bytes can be read (or raises)."""
         out = bytearray(size)
         view = memoryview(out)
         got = min(self.held, size)
         view[:got] = self._view[self._start:self._start + got]
         self._start += got
         while got < size:  # the inbox is empty here: read into the message and the inbox
-            count = os.readv(fd, [view[got:], self._buffer])
+            try:
+                count = os.readv(fd, [view[got:], self._buffer])
+            except BlockingIOError:
+                assert more is not None, "a non-blocking pipe needs a way to wait"
+                more()
+                continue
             if count == 0:
                 raise EOFError(f"pipe closed after {got} of {size} bytes")
             into_message = min(count, size - got)
@@ -618,21 +681,24 @@ class _Inbox:
         return out
 
 
-def _wait_writable(fd: int) -> None:
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    poller.poll()  # an error or a closed reader shows too: the next write raises it
+def _wait_writable(fd: int, lifelines: Lifelines | None = None) -> None:
+    """Wait for room in `fd` (an error or a closed reader shows too: the next write raises it);
+    BrokenPipeError once every process `lifelines` watches ended."""
+    if wait_ready(fd, select.POLLOUT, lifelines=lifelines) == ENDED:
+        raise BrokenPipeError("every process reading this pipe ended")
 
 
-def _wait_readable(fd: int, timeout: float | None, wake_fd: int | None) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP)
-    if wake_fd is not None:
-        poller.register(wake_fd, select.POLLIN)
-    events = poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
-    for ready, _ in events:
-        if ready == wake_fd:
-            os.read(wake_fd, 4096)
-        elif ready == fd:
-            return True
-    return False
+def _wait_readable(fd: int, timeout: float | None, wake_fd: int | None,
+                   lifelines: Lifelines | None = None) -> bool:
+    """Whether `fd` is readable, waiting up to `timeout` or until `wake_fd` is readable;
+    EOFError once every process `lifelines` watches ended and nothing is left to read."""
+    outcome = wait_ready(fd, select.POLLIN | select.POLLHUP, timeout, wake_fd, lifelines)
+    if outcome == ENDED:
+        raise EOFError("every process writing this pipe ended")
+    return outcome == READY
+
+
+def _wait_more(fd: int, lifelines: Lifelines) -> None:
+    """The rest of a message is not there yet: wait for it, unless its writer ended."""
+    if wait_ready(fd, select.POLLIN | select.POLLHUP, lifelines=lifelines) == ENDED:
+        raise EOFError("the pipe's writer ended in the middle of a message")

@@ -6,6 +6,14 @@ once its final result is sent (:meth:`RedisQueues.request_done`), so requests he
 died are claimed by another server after ``claim_idle`` seconds. Every entry is deleted once
 handled, so the streams do not grow over a campaign.
 
+Servers announce that they are alive every few seconds, in the sorted set ``{prefix}:servers``
+(each server's last announcement, in Redis's own clock). A thinker waiting for results with
+tasks outstanding looks there every few seconds, and only once its read of results came back
+empty: once it saw a server alive, it raises :class:`~steersman.exceptions.TaskServerDied` when
+none has announced itself for ``server_timeout`` seconds. Servers may start after the thinker,
+or run before it; a thinker that finds only announcements older than ``server_timeout`` waits
+for a server to start.
+
 A message of 1 MiB or more travels beside its entry, as string keys ``{prefix}:blob:{id}:{n}``
 written and read without redis-py's copies, and read while it is still being written (see
 :mod:`steersman.queue._redis_blobs`); the entry names them. Whoever acknowledges the entry
@@ -38,7 +46,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from steersman.exceptions import MessageError, QueueConnectionError
+from steersman.exceptions import MessageError, QueueConnectionError, TaskServerDied
 from steersman.models.messages import Kind, Message, header_of, join, peek
 from steersman.models.serialization import Frame, SerializationMethod
 from steersman.queue._redis_blobs import (
@@ -76,6 +84,10 @@ Payload = bytes | BlobRef
 
 _RESULT_BLOCK = 0.5  # longest blocking read of results, so close() is never held up for long
 _REQUEST_BLOCK = 1.0  # longest blocking read of requests, so stale claims are checked regularly
+#: Longest time between two announcements that a task server is alive (see `server_timeout`).
+_ANNOUNCE_EVERY = 2.0
+#: Longest time between two looks of a waiting thinker at those announcements.
+_CHECK_EVERY = 5.0
 _RESULT_BATCH = 64
 _CLAIM_BATCH = 16
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0
@@ -86,6 +98,7 @@ _LOCAL_NAMES = (
     "_request_group_ready", "_result_groups_ready", "_resync_requests", "_resync_results",
     "_held", "_inflight", "_claimed", "_thread_state", "_next_claim", "_heartbeat",
     "_result_buffer", "_unacked_results", "_published", "_blobs", "_unacked_blobs", "_landings",
+    "_alive_at", "_next_check", "_announce_failing",
 )
 
 
@@ -118,6 +131,12 @@ class RedisQueues(BaseQueues):
         reconnect_timeout: Seconds to keep retrying after a working connection dropped.
         claim_idle: Seconds a request may stay unacknowledged by a silent server before another
             server takes it over. Live servers refresh their requests well within this time.
+        server_timeout: Seconds without any live task server after which a thinker waiting for
+            results with tasks outstanding raises
+            :class:`~steersman.exceptions.TaskServerDied`, once it saw a server alive; None
+            waits for servers forever. Servers announce themselves every 2 s (a quarter of
+            their own `server_timeout` if that is less); a thinker looks every 5 s (a third of
+            its `server_timeout` if less).
         redis_options: Further keyword arguments for :class:`redis.Redis`.
         proxystore_name: ProxyStore store for large values, for every topic or per topic.
         proxystore_threshold: Size in bytes above which values are proxied, likewise.
@@ -144,6 +163,7 @@ class RedisQueues(BaseQueues):
         socket_timeout: float = 10.0,
         reconnect_timeout: float = 30.0,
         claim_idle: float = 30.0,
+        server_timeout: float | None = 30.0,
         redis_options: Mapping[str, Any] | None = None,
         proxystore_name: NameOption = None,
         proxystore_threshold: ThresholdOption = None,
@@ -164,12 +184,18 @@ class RedisQueues(BaseQueues):
         if not isinstance(claim_idle, (int, float)) or claim_idle < 0:
             raise ValueError(f"claim_idle must be a non-negative number of seconds, "
                              f"got {claim_idle!r}")
+        if server_timeout is not None and (
+                isinstance(server_timeout, bool) or not isinstance(server_timeout, (int, float))
+                or not server_timeout > 0):
+            raise ValueError(f"server_timeout must be a positive number of seconds or None, "
+                             f"got {server_timeout!r}")
         self.hostname = hostname
         self.port = port
         self.db = db
         self.prefix = prefix if prefix is not None else new_prefix()
         self.reconnect_timeout = float(reconnect_timeout)
         self.claim_idle = float(claim_idle)
+        self.server_timeout = None if server_timeout is None else float(server_timeout)
         self._redis_options: dict[str, Any] = {
             "host": hostname, "port": port, "db": db, "password": password, "username": username,
             "socket_connect_timeout": socket_connect_timeout,
@@ -206,6 +232,11 @@ class RedisQueues(BaseQueues):
         """Where the task server publishes its method names."""
         return f"{self.prefix}:methods"
 
+    @property
+    def servers_key(self) -> str:
+        """The sorted set of task servers and when each last announced it was alive (ms)."""
+        return f"{self.prefix}:servers"
+
     def _wake_key(self) -> str:
         return f"{self.prefix}:wake:{self._consumer}"
 
@@ -236,6 +267,10 @@ class RedisQueues(BaseQueues):
         self._thread_state = threading.local()
         self._next_claim = 0.0
         self._heartbeat: threading.Thread | None = None
+        self._announce_failing = False
+        # Client side: when a task server was last known alive (monotonic), and next looked for.
+        self._alive_at: float | None = None
+        self._next_check = 0.0
         # Client side: results read but not handed to the base class yet, and unacknowledged ids.
         self._result_buffer: deque[Payload] = deque()
         self._unacked_results: dict[str, list[bytes]] = {}
@@ -314,6 +349,8 @@ class RedisQueues(BaseQueues):
             if attempt:
                 logger.info("reconnected to Redis at %s after %d attempt(s)", self.address,
                             attempt)
+                if self._alive_at is not None:  # servers too were cut off: a new grace
+                    self._alive_at = max(self._alive_at, monotonic())
             self._connected = True
             return outcome
 
@@ -432,7 +469,42 @@ class RedisQueues(BaseQueues):
                 self._read_results(">", block)
         except _MissingGroup:
             return None
+        if not self._result_buffer:  # every result sent is read: are servers left to send?
+            self._check_servers()
         return self._result_buffer.popleft() if self._result_buffer else None
+
+    def _check_servers(self) -> None:
+        """With tasks outstanding, every few seconds: raise TaskServerDied if a server was
+        seen alive but none announced itself for `server_timeout` seconds."""
+        grace = self.server_timeout
+        if grace is None or self.active_count == 0:
+            return
+        now = monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + min(_CHECK_EVERY, grace / 3)
+        age = self._call("look for live task servers", self._announcement_age)
+        if age is not None and (self._alive_at is not None or age < grace):
+            # seen alive (an old announcement is no sign of life to a thinker that saw none)
+            seen = now - age
+            self._alive_at = seen if self._alive_at is None else max(self._alive_at, seen)
+        if self._alive_at is not None and now - self._alive_at > grace:
+            raise TaskServerDied(
+                f"no task server has been alive for {now - self._alive_at:.1f} s "
+                f"(server_timeout={grace:g}) on Redis at {self.address}, prefix "
+                f"{self.prefix!r}, with {self.active_count} task(s) outstanding; "
+                f"start a server with these queues' prefix and read the results again "
+                f"with new queues")
+
+    def _announcement_age(self, client: redis.Redis) -> float | None:
+        """Seconds since the last announcement of any server, in Redis's clock; None if none."""
+        pipe = client.pipeline(transaction=False)
+        pipe.time()
+        pipe.zrange(self.servers_key, -1, -1, withscores=True)
+        (seconds, micros), newest = pipe.execute()
+        if not newest:
+            return None
+        return max(0.0, seconds + micros / 1e6 - newest[0][1] / 1000)
 
     def _ensure_result_groups(self) -> None:
         if self._result_groups_ready:
@@ -673,14 +745,41 @@ class RedisQueues(BaseQueues):
                     self._heartbeat.start()
 
     def _refresh_held(self) -> None:
-        """Keep the idle time of the requests this server runs short, so none is taken over."""
-        interval = max(self.claim_idle / 3, 0.05)
-        while not self._stop.wait(interval):
-            try:
-                self._refresh_once()
-            except redis.exceptions.RedisError as exc:
-                logger.warning("could not refresh running requests on Redis at %s: %s",
+        """Announce that this server is alive (see `server_timeout`), and keep the idle time
+        of the requests it runs short, so none is taken over."""
+        refresh_every = max(self.claim_idle / 3, 0.05)
+        announce_every = _ANNOUNCE_EVERY if self.server_timeout is None \
+            else min(_ANNOUNCE_EVERY, self.server_timeout / 4)
+        next_announce = monotonic()
+        next_refresh = next_announce + refresh_every
+        while True:
+            now = monotonic()
+            if now >= next_announce:
+                next_announce = now + announce_every
+                self._announce()
+            if now >= next_refresh:
+                next_refresh = now + refresh_every
+                try:
+                    self._refresh_once()
+                except redis.exceptions.RedisError as exc:
+                    logger.warning("could not refresh running requests on Redis at %s: %s",
+                                   self.address, exc)
+            if self._stop.wait(max(0.0, min(next_announce, next_refresh) - monotonic())):
+                return
+
+    def _announce(self) -> None:
+        """Record in Redis, in its own clock, that this server is alive now."""
+        try:
+            client = self._redis()
+            seconds, micros = client.time()
+            client.zadd(self.servers_key, {self._consumer: seconds * 1000 + micros // 1000})
+        except redis.exceptions.RedisError as exc:
+            if not self._announce_failing:  # once per outage: the refresh warns too
+                logger.warning("could not announce this task server alive on Redis at %s: %s",
                                self.address, exc)
+            self._announce_failing = True
+        else:
+            self._announce_failing = False
 
     def _refresh_once(self) -> None:
         with self._state_lock:
@@ -733,6 +832,9 @@ class RedisQueues(BaseQueues):
         if self._heartbeat is not None:  # a server's: its shared memory goes now
             self._heartbeat.join(timeout=5)
             give_back_spares()
+            if self._client is not None:  # no longer alive: thinkers need not wait for it
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    self._client.zrem(self.servers_key, self._consumer)
         if self._client is not None:
             pipe = self._client.pipeline(transaction=False)
             for stream, ids in self._unacked_results.items():  # the receiver has stopped

@@ -89,7 +89,7 @@ class TaskServer(_CONTEXT.Process):
         super().start()
         self._starter_pid = os.getpid()
         self._stop_reader.close()
-        self.queues.on_server_started()
+        self.queues.on_server_started(self)
         _STARTED.add(self)
         atexit.unregister(_stop_servers_at_exit)  # registered last, it runs before
         atexit.register(_stop_servers_at_exit)    # multiprocessing joins its children
