@@ -95,3 +95,29 @@ def wait_fifo_then_yield(fifo: str):  # type: ignore[no-untyped-def]
     """A generator method: yields once released (see :func:`wait_fifo`), then returns."""
     yield wait_fifo(fifo)
     return "done"
+
+
+class Abort(BaseException):
+    """A user's own BaseException, as some libraries define to unwind past `except Exception`."""
+
+
+def raise_abort(message: str) -> None:
+    raise Abort(message)
+
+
+def raise_cancelled() -> None:
+    """What a task driving an event loop raises when a coroutine it awaits is cancelled."""
+    import asyncio
+
+    raise asyncio.CancelledError("the coroutine was cancelled")
+
+
+def other_task_threads(seconds: float = 10.0) -> list[str]:
+    """In a thread of a local task server: the server's other task threads still alive after
+    waiting up to `seconds` for each to end (idle ones never do)."""
+    me = threading.current_thread()
+    others = [t for t in threading.enumerate()
+              if t.name.startswith("steersman-task") and t is not me]
+    for thread in others:
+        thread.join(seconds)
+    return sorted(t.name for t in others if t.is_alive())

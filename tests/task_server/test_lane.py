@@ -42,6 +42,15 @@ def report_pid(path):
     time.sleep(60)
 
 
+def report_pid_and_wait(path, gate):
+    """Write this worker's pid, then block until the test writes to the named pipe `gate`."""
+    with open(path, "w") as handle:
+        handle.write(str(os.getpid()))
+    with open(gate) as stream:
+        stream.read()
+    return os.getpid()
+
+
 def fail(message):
     raise ValueError(message)
 
@@ -56,7 +65,8 @@ def meet(directory, count):
     return sorted(os.listdir(directory))
 
 
-METHODS = [square, size_of, blob, report_pid, fail, meet, PythonGeneratorMethod(stream)]
+METHODS = [square, size_of, blob, report_pid, report_pid_and_wait, fail, meet,
+           PythonGeneratorMethod(stream)]
 
 
 @pytest.fixture
@@ -247,6 +257,16 @@ def one_worker() -> Iterator[PipeQueues]:
         queues.close()
 
 
+def _release(gate) -> bool:
+    """Let a task blocked reading the named pipe `gate` go on; False if none reads it."""
+    try:
+        descriptor = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no reader
+        return False
+    os.close(descriptor)
+    return True
+
+
 def _started(path) -> int:
     deadline = time.monotonic() + 20
     while not path.exists() or not path.read_text():
@@ -270,18 +290,23 @@ def test_a_server_task_waiting_behind_a_lost_lane_task_runs_on_the_replacement(t
 
 
 @pytest.mark.timeout(60)
-def test_a_timeout_behind_a_lane_task_fails_both_and_says_why(tmp_path):
-    """The timed-out task was given to the worker busy with a lane task: stopping that worker
-    is the only way to cancel it, and the lane task fails saying so."""
+def test_a_timeout_behind_a_lane_task_fails_it_and_leaves_the_lane_task_alone(tmp_path):
+    """The timed-out task was given to the worker busy with a lane task and never started:
+    it fails as timed out, the worker skips it, and the lane task (innocent) completes on the
+    same worker, which is not replaced."""
     with one_worker() as queues:
-        path = tmp_path / "pid"
-        lane_task = queues.send_inputs(str(path), method="report_pid")
-        _started(path)
+        path, gate = tmp_path / "pid", tmp_path / "gate"
+        os.mkfifo(gate)
+        lane_task = queues.send_inputs(str(path), str(gate), method="report_pid_and_wait")
+        pid = _started(path)
         timed = queues.send_inputs(6, method="square", timeout=0.3)
-        results = {r.task_id: r for r in (queues.get_result(timeout=20) for _ in range(2))}
+        first = queues.get_result(timeout=20)
+        assert first.task_id == timed and first.success is False and first.timed_out
+        assert _release(gate), "the lane task is gone: its worker was killed"
+        lane = queues.get_result(timeout=20)
+        assert lane.task_id == lane_task, lane.failure_info
+        assert lane.success and lane.value == pid
         queues.send_inputs(4, method="square")
-        assert queues.get_result(timeout=20).value == 16  # the replacement serves
-    assert results[timed].success is False and results[timed].failure_info.timed_out
-    lost = results[lane_task].failure_info
-    assert results[lane_task].success is False and lost.worker_lost
-    assert "timed-out task" in lost.exception
+        after = queues.get_result(timeout=20)
+        assert after.value == 16 and after.worker_info.pid == pid  # never killed
+        assert queues.get_result(timeout=0.3) is None  # nothing late of the skipped task

@@ -277,3 +277,19 @@ def test_thread_engine_keeps_serving_after_a_task_raised_a_base_exception():
         queues.send_kill_signal()
         server.join(20)
     assert server.exitcode == 0
+
+
+def test_start_gate_settles_once_whether_a_request_runs():
+    """The worker's start and the server's skip of one ticket: whichever comes first wins."""
+    from steersman.task_server.local import StartGates
+
+    gates = StartGates(2)
+    first, second = gates.gate(0), gates.gate(1)
+    assert first.skip(5)  # given up on before the worker got to it
+    assert not first.start(5)  # so the worker skips it
+    assert second.start(5)  # another slot's record is apart
+    assert first.start(6)  # started first: the server must kill to stop it
+    assert not first.skip(6)
+    first.end()  # it ran: nothing to kill any more
+    assert first.skip(6)
+    gates.close()

@@ -23,9 +23,11 @@ from steersman.exceptions import ExecutableError
 from steersman.models.result import ResourceRequirements, Result
 
 Emit = Callable[[Result], None]
-#: What a failing task may raise: a task calling ``sys.exit()`` (or raising KeyboardInterrupt)
-#: fails like any other rather than ending the worker, or the server thread, running it.
-TASK_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+#: What a failing task may raise: anything. A task calling ``sys.exit()``, raising
+#: KeyboardInterrupt, ``asyncio.CancelledError`` or a BaseException of its own fails like any
+#: other rather than ending the worker, or the server thread, running it. Catch it only in plain
+#: functions, never inside a generator: a generator being closed must let GeneratorExit through.
+TASK_ERRORS: tuple[type[BaseException], ...] = (BaseException,)
 #: At most this much of a method's name goes into the names of its run directories.
 _PREFIX_CHARS = 64
 

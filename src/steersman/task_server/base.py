@@ -19,6 +19,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -50,6 +51,9 @@ _CONTEXT: Any = multiprocessing.get_context(
 
 #: How long a server told to stop at once may take before its process is terminated (seconds).
 STOP_GRACE = 30.0
+#: After the queues refused a result, how long to wait before each new try of the small
+#: failure sent instead (seconds): memory the refused message held may be freed meanwhile.
+_REFUSAL_BACKOFF = (0.05, 0.25, 1.0)
 #: Servers started by this process, stopped at its exit if still running (see `start`).
 _STARTED: weakref.WeakSet[TaskServer] = weakref.WeakSet()
 
@@ -141,6 +145,8 @@ class TaskServer(_CONTEXT.Process):
         self._watcher = threading.Thread(target=self._watch_stop_pipe, daemon=True,
                                          name="steersman-stop-watch")
         self.serve()
+        if self.engine.left_threads_running():
+            _exit_without_waiting()
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -149,6 +155,7 @@ class TaskServer(_CONTEXT.Process):
         self._outstanding: dict[str, _Attempt] = {}
         self._idle = threading.Condition()
         self._stopping_now = False
+        self._draining = False  # the kill signal came: the loop waits for outstanding tasks
         self._stopped_running = threading.Event()  # set once _stop_running has done its work
         self._deadlines: Deadlines[_Attempt] = Deadlines(self._on_timeout)
         self.engine.start(WorkerContext(
@@ -163,6 +170,8 @@ class TaskServer(_CONTEXT.Process):
             self._watcher.start()
         try:
             self._receive_until_killed()
+            self._draining = True
+            self._fail_stranded()
             with self._idle:
                 self._idle.wait_for(lambda: not self._outstanding or self._stopping_now)
         finally:
@@ -312,12 +321,19 @@ class TaskServer(_CONTEXT.Process):
                 self._untrack(routing)
                 return
             *intermediate, final = messages
-            for parts in intermediate:
-                self._forward_intermediate(routing.topic, parts)
-            _, flags = peek(final[0])
-            if flags & Flags.FAILED and self._retry(self._request_of(attempt)):
-                return
-            self._send_final(routing, final)
+            try:
+                for parts in intermediate:
+                    self._forward_intermediate(routing.topic, parts)
+            except Exception as exc:  # the queues refused one: the task fails, saying why
+                if self._stopping_now:
+                    raise
+                final = self._unsent_failure(self._request_of(attempt), exc,
+                                             "an intermediate result")
+            else:
+                _, flags = peek(final[0])
+                if flags & Flags.FAILED and self._retry(self._request_of(attempt)):
+                    return
+            self._send_final(routing, final, attempt)
         except Exception as exc:
             self._lost_result(routing.task_id, "result", exc)
             self._untrack(routing)
@@ -339,6 +355,42 @@ class TaskServer(_CONTEXT.Process):
         error = TimeoutException(f"task {request.task_id} ({request.method}) exceeded its "
                                  f"timeout of {request.timeout} s")
         self._finish_failed(request, error, timed_out=True)
+        if not cancelled and self._draining:  # it may hold the last worker the others wait for
+            self._fail_stranded()
+
+    def _fail_stranded(self) -> None:
+        """Once told to stop: fail the tasks that cannot start because every worker that could
+        run them holds a task given up on (timed out) that the engine cannot stop (a thread,
+        a Parsl worker). Waiting for them would never end."""
+        if self._stopping_now:  # given up on already
+            return
+        try:
+            stranded = self.engine.stranded()
+        except Exception:
+            logger.exception("could not tell which tasks are stranded")
+            return
+        if not stranded:
+            return
+        with self._idle:
+            attempts = [a for a in self._outstanding.values() if a.future in stranded]
+        for attempt in attempts:
+            if not self._claim(attempt):
+                continue
+            future, attempt.future = attempt.future, None
+            assert future is not None
+            with contextlib.suppress(Exception):
+                self.engine.cancel(future)
+            request = self._request_of(attempt)
+            logger.warning("task %s (%s) cannot start: %s", request.task_id, request.method,
+                           stranded[future])
+            try:
+                request.set_failure(RuntimeError(
+                    f"task {request.task_id} ({request.method}) could not start before the "
+                    f"server stopped: {stranded[future]}"))
+                self._send_final(request, self.queues.encode_result(request))
+            except Exception as exc:
+                self._lost_result(request.task_id, "failure", exc)
+                self._untrack(request)
 
     def _finish_failed(self, request: Result, error: Exception, **flags: bool) -> None:
         """Fail an attempt the server settled itself: retry it or send the failure."""
@@ -393,20 +445,58 @@ class TaskServer(_CONTEXT.Process):
             if not messages and messages is not DELIVERED:
                 raise RuntimeError("the engine returned no result message")
             return messages
-        except Exception as exc:
+        except BaseException as exc:  # the task's own, re-raised by its future (see TASK_ERRORS)
             request = self._request_of(attempt)
             request.set_failure(exc, worker_lost=isinstance(exc, WorkerLost))
             return [self.queues.encode_result(request)]
 
-    def _send_final(self, request: Result | Routing, parts: Parts) -> None:
+    def _send_final(self, request: Result | Routing, parts: Parts,
+                    attempt: _Attempt | None = None) -> None:
+        """Send a task's final result message; if the queues refuse it, a small failure saying
+        so. `request` is the whole request unless `attempt` (whose it is) is given."""
         try:
             if self._stopping_now:
                 logger.debug("dropped the result of task %s: stopping", request.task_id)
                 return
-            self.queues.send_encoded_result(request.topic, parts)
+            try:
+                self.queues.send_encoded_result(request.topic, parts)
+            except Exception as exc:
+                if isinstance(exc, QueueConnectionError) \
+                        and not self.queues.requests_outlive_client:
+                    raise  # the thinker is gone: no failure could reach it either
+                whole = self._request_of(attempt) if attempt is not None else request
+                assert isinstance(whole, Result)
+                self._send_refusal(whole, exc)
             self.queues.request_done(request.task_id)
         finally:
             self._untrack(request)
+
+    def _send_refusal(self, request: Result, error: Exception) -> None:
+        """The queues refused a task's result (e.g. Redis out of memory): send a small failed
+        Result instead, so that the thinker does not wait for it forever. Raises `error` if
+        the queues refuse that too."""
+        parts = self._unsent_failure(request, error, "result")
+        for delay in (*_REFUSAL_BACKOFF, None):
+            try:
+                self.queues.send_encoded_result(request.topic, parts)
+                break
+            except Exception as again:
+                logger.debug("could not send the failure of task %s either: %r",
+                             request.task_id, again)
+                # Some refusals pass (memory held by the refused message is freed): try again.
+                if delay is None or self._stopped_running.wait(delay):
+                    raise error from None
+        logger.error("could not send the result of task %s (%s); sent a failure instead: %s",
+                     request.task_id, request.method, error)
+
+    def _unsent_failure(self, request: Result, error: Exception, what: str) -> Parts:
+        """The message of a failed Result for `request`, without its inputs, saying that its
+        `what` could not be sent and why."""
+        request.drop_inputs()
+        request.set_failure(RuntimeError(
+            f"the {what} of task {request.task_id} ({request.method}) could not be sent: "
+            f"{error}"))
+        return self.queues.encode_result(request)
 
     def _untrack(self, request: Result | Routing) -> None:
         with self._idle:
@@ -437,6 +527,18 @@ class _Attempt:
     whole: Result | None = None
     future: Future[list[Parts]] | None = None
     settled: bool = False
+
+
+def _exit_without_waiting() -> None:
+    """End the server's process now: threads running tasks it gave up on (a thread pool's,
+    which are not daemon threads) would keep it from exiting until those tasks return."""
+    logger.warning("task server exits without waiting for the threads still running tasks "
+                   "it gave up on")
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def _stop_servers_at_exit() -> None:

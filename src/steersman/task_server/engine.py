@@ -91,9 +91,21 @@ class Engine(ABC):
         follows. By default nothing: the server cancels the tasks it handed over itself.
         """
 
+    def stranded(self) -> dict[Future[list[Parts]], str]:
+        """Tasks that cannot start, with the reason: every worker that could run them holds a
+        task the server gave up on (timed out) and the engine cannot stop. The server asks
+        once told to stop, and fails them rather than wait for them forever. By default none.
+        """
+        return {}
+
     @abstractmethod
     def shutdown(self) -> None:
         """Release every worker and process the engine started."""
+
+    def left_threads_running(self) -> bool:
+        """After :meth:`shutdown`: whether threads of this process may still run (or wait
+        for) tasks the server gave up on, which the process must not wait for as it exits."""
+        return False
 
 
 class PriorityGate:

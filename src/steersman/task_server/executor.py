@@ -70,9 +70,18 @@ class Backend(ABC):
 
     capacity: int | None = None
     lost_errors: tuple[type[BaseException], ...] = ()
+    #: Set by :meth:`shutdown` if threads of this process may still run (or wait for) tasks
+    #: given up on: the process must not wait for them as it exits.
+    left_threads_running: bool = False
 
     def start(self) -> None:
         """Acquire the executor, in the task server's process."""
+
+    def workers(self) -> int | None:
+        """How many tasks the executor runs at once, if it can tell: once that many tasks the
+        server gave up on (and the executor could not cancel) still run, no other can start.
+        None if unknown."""
+        return None
 
     @abstractmethod
     def submit(self, runner: Callable[[bytes], list[bytes]], payload: bytes,
@@ -155,6 +164,10 @@ class ExecutorBackend(Backend):
             assert self._executor is not None
             return self._executor
 
+    def workers(self) -> int | None:
+        workers = getattr(self._executor, "_max_workers", None)  # standard pools
+        return workers if isinstance(workers, int) and workers > 0 else None
+
     def cancel(self, future: Future[Any]) -> bool:
         if future.cancel():
             return True
@@ -162,12 +175,18 @@ class ExecutorBackend(Backend):
         return False
 
     def shutdown(self) -> None:
+        """Shut the executor down, without waiting for tasks the server gave up on: a process
+        pool's workers still running one are killed; other executors (a thread pool, whose
+        threads cannot be killed; a remote service) are left to finish them, and the server's
+        process does not wait for them (see :attr:`left_threads_running`)."""
         executor = self._executor
         if executor is None:
             return
-        if any(not f.done() for f in self._abandoned):  # timed-out tasks still running
-            _kill_pool_processes(executor)
-        executor.shutdown(wait=True, cancel_futures=True)
+        running = any(not f.done() for f in self._abandoned)  # timed-out tasks still running
+        if running and _kill_pool_processes(executor):
+            running = False
+        executor.shutdown(wait=not running, cancel_futures=True)
+        self.left_threads_running = running
 
 
 class ExecutorEngine(Engine):
@@ -189,6 +208,9 @@ class ExecutorEngine(Engine):
         self._gates: dict[str, PriorityGate | None] = {}
         self._load = dict.fromkeys(self.executors, 0)
         self._lock = threading.Lock()
+        # Per executor: its tasks not done, and those given up on that it could not cancel.
+        self._live: dict[str, set[Future[list[Parts]]]] = {name: set() for name in self.executors}
+        self._held: dict[str, set[Future[Any]]] = {name: set() for name in self.executors}
 
     def start(self, context: WorkerContext) -> None:
         self._context = context
@@ -236,11 +258,13 @@ class ExecutorEngine(Engine):
         """Count a task in its executor's load until its future is done (or cancelled)."""
         with self._lock:
             self._load[name] += 1
+            self._live[name].add(future)
         future.add_done_callback(partial(self._uncount, name))
 
     def _uncount(self, name: str, future: Future[list[Parts]]) -> None:
         with self._lock:
             self._load[name] -= 1
+            self._live[name].discard(future)
 
     def _runner(self, method: str, executor: str) -> TaskRunner:
         runner = self._runners.get((method, executor))
@@ -265,13 +289,23 @@ class ExecutorEngine(Engine):
         return True
 
     def _finish(self, outer: _TaskFuture, inner: Future[Any]) -> None:
+        """Hand the backend's outcome to the server. It runs in the executor's own thread (a
+        process pool's manager thread): nothing may escape it, and the slot is freed whatever
+        happens."""
         try:
-            outer.set_result([[m] for m in inner.result()])
-        except BaseException as exc:
-            outer.set_exception(self._translate(self.backends[outer.executor], exc))
-        gate = self._gates[outer.executor]
-        if gate is not None:
-            gate.release()
+            try:
+                messages: list[Parts] = [[m] for m in inner.result()]
+            except BaseException as exc:  # the task's or the executor's: the server reports it
+                outer.set_exception(self._translate(self.backends[outer.executor], exc))
+            else:
+                outer.set_result(messages)
+        except BaseException:
+            logger.exception("handing over the outcome of a task on executor %r failed",
+                             outer.executor)
+        finally:
+            gate = self._gates[outer.executor]
+            if gate is not None:
+                gate.release()
 
     def _translate(self, backend: Backend, exc: BaseException) -> BaseException:
         if isinstance(exc, backend.lost_errors):
@@ -290,7 +324,34 @@ class ExecutorEngine(Engine):
         inner = getattr(future, "inner", None)
         if inner is None:
             return False
-        return self.backends[future.executor].cancel(inner)  # type: ignore[attr-defined]
+        name: str = future.executor  # type: ignore[attr-defined]
+        if self.backends[name].cancel(inner):
+            return True
+        with self._lock:  # it keeps a worker until it ends
+            self._held[name].add(inner)
+        inner.add_done_callback(partial(self._unhold, name))
+        return False
+
+    def _unhold(self, name: str, inner: Future[Any]) -> None:
+        with self._lock:
+            self._held[name].discard(inner)
+
+    def stranded(self) -> dict[Future[list[Parts]], str]:
+        """The tasks of every executor all of whose workers hold tasks given up on."""
+        stranded: dict[Future[list[Parts]], str] = {}
+        for name, backend in self.backends.items():
+            with self._lock:
+                held = set(self._held[name])
+                waiting = [f for f in self._live[name] if getattr(f, "inner", None) not in held]
+            if not held or not waiting:
+                continue
+            workers = backend.workers()
+            if workers is None or len(held) < workers:
+                continue
+            reason = (f"every worker of executor {name!r} ({workers}) still runs a task the "
+                      "server gave up on (timed out), and it cannot stop them")
+            stranded.update(dict.fromkeys(waiting, reason))
+        return stranded
 
     def shutdown(self) -> None:
         for name, backend in self.backends.items():
@@ -298,6 +359,9 @@ class ExecutorEngine(Engine):
                 backend.shutdown()
             except Exception:
                 logger.exception("shutting down executor %r failed", name)
+
+    def left_threads_running(self) -> bool:
+        return any(backend.left_threads_running for backend in self.backends.values())
 
 
 class _TaskFuture(Future[list[Parts]]):
@@ -389,10 +453,14 @@ def _per_executor(value: InFlight | Mapping[str, InFlight],
     return {name: value.get(name, "auto") for name in executors}
 
 
-def _kill_pool_processes(executor: Executor) -> None:
+def _kill_pool_processes(executor: Executor) -> bool:
     """Stop the workers of a standard process pool so a hung task the server gave up on (timed
-    out, or running when the server had to stop at once) cannot block exit."""
-    processes = getattr(executor, "_processes", None) or {}
+    out, or running when the server had to stop at once) cannot block exit; False if the
+    executor has no processes to kill."""
+    processes = getattr(executor, "_processes", None)
+    if processes is None:
+        return False
     for process in list(processes.values()):
         logger.warning("killing pool worker %s, still running a task given up on", process.pid)
         process.kill()
+    return True

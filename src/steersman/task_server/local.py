@@ -14,6 +14,7 @@ import heapq
 import itertools
 import logging
 import math
+import mmap
 import os
 import queue
 import select
@@ -21,8 +22,8 @@ import socket
 import struct
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from time import perf_counter, time
 from typing import Any
@@ -44,21 +45,27 @@ logger = logging.getLogger(__name__)
 #: ``worker_info.executor`` says, as on the other engines.
 EXECUTOR = "default"
 #: A message before each request written to a worker: when the server received the request
-#: (NaN if unknown). Apart, so that a large request is forwarded as it came.
-_STAMP = struct.Struct("<d")
+#: (NaN if unknown), and the request's ticket at the worker's :class:`StartGate` (0 for a
+#: request without a timeout, which the server never gives up on). Apart, so that a large
+#: request is forwarded as it came.
+_STAMP = struct.Struct("<dQ")
 #: A worker's reply telling the server that it sent the final result to the thinker itself.
 _DELIVERED_NOTE = b""
 #: A worker's reply telling the server to send the next message on to the thinker: a result
 #: of a lane task too large to go straight to the thinker.
 _RELAY_NOTE = b"r"
+#: A worker's reply telling the server that it skipped the request the server gave up on
+#: (timed out) before the worker started it, e.g. while it waited behind a lane task.
+_SKIPPED_NOTE = b"s"
 
 
 class ThreadEngine(Engine):
     """Run tasks in threads of the task server's process, highest priority first.
 
     A timed-out task cannot be stopped (threads cannot be killed): it keeps its thread until it
-    returns, its result is dropped, and shutdown does not wait for it. Use worker processes for
-    tasks that may hang.
+    returns, and its result is dropped. A fresh thread takes its place at once, so that
+    `num_workers` threads keep serving; the thread given up on ends with its task, and shutdown
+    does not wait for it. Use worker processes for tasks that may hang: they are killed.
     """
 
     executors = (EXECUTOR,)
@@ -67,16 +74,25 @@ class ThreadEngine(Engine):
         self.num_workers = num_workers or os.cpu_count() or 1
         self._waiting: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._order = itertools.count()
-        self._threads: list[threading.Thread] = []
+        self._names = itertools.count()
+        self._lock = threading.Lock()  # orders a thread's end of task with its replacement
+        self._threads: set[threading.Thread] = set()  # the serving ones
         self._running: dict[threading.Thread, Future[list[Parts]]] = {}
-        self._abandoned: set[Future[list[Parts]]] = set()
+        self._abandoned: set[threading.Thread] = set()  # replaced: each ends after its task
+        self._stopping = False
 
     def start(self, context: WorkerContext) -> None:
         self._context = context
-        self._threads = [threading.Thread(target=self._serve, name=f"steersman-task-{i}",
-                                          daemon=True) for i in range(self.num_workers)]
-        for thread in self._threads:
-            thread.start()
+        with self._lock:
+            for _ in range(self.num_workers):
+                self._add_thread()
+
+    def _add_thread(self) -> None:
+        """With the lock held: one more serving thread."""
+        thread = threading.Thread(target=self._serve, name=f"steersman-task-{next(self._names)}",
+                                  daemon=True)
+        self._threads.add(thread)
+        thread.start()
 
     stamps_received = True
 
@@ -87,15 +103,16 @@ class ThreadEngine(Engine):
         return future
 
     def _serve(self) -> None:
-        context, me = self._context, threading.current_thread()
+        context, me, running = self._context, threading.current_thread(), self._running
         while True:
             task = self._waiting.get()[2]
             if task is None:
                 return
             parts, future, received = task
+            running[me] = future  # first: whoever finds the future running finds its thread
             if not future.set_running_or_notify_cancel():
+                del running[me]
                 continue
-            self._running[me] = future
             try:
                 future.set_result(execute_request(context.methods, join(parts), context.key,
                                                   context.emit, EXECUTOR, received))
@@ -104,20 +121,45 @@ class ThreadEngine(Engine):
             except BaseException as exc:  # SystemExit and the like: the thread serves on
                 future.set_exception(RuntimeError(f"the task raised {exc!r}"))
             finally:
-                del self._running[me]
+                with self._lock:
+                    del running[me]
+                    replaced = me in self._abandoned
+                    self._abandoned.discard(me)
+            if replaced:
+                return
 
     def cancel(self, future: Future[list[Parts]]) -> bool:
+        """Drop a waiting task; a running one cannot be stopped: its thread is replaced, so
+        that the tasks behind it still run, and ends once the task returns."""
         if future.cancel():
             return True
-        self._abandoned.add(future)
+        with self._lock:
+            running = list(self._running.items())  # threads add themselves without the lock
+            thread = next((t for t, f in running if f is future), None)
+            if thread is not None and thread in self._threads:
+                self._threads.discard(thread)
+                self._abandoned.add(thread)
+                if not self._stopping:
+                    self._add_thread()
         return False
 
+    def abort(self) -> None:
+        """Give up on every running task: no thread replaces theirs (the server is stopping)."""
+        with self._lock:
+            self._stopping = True
+            for thread in list(self._running):
+                if thread in self._threads:
+                    self._threads.discard(thread)
+                    self._abandoned.add(thread)
+
     def shutdown(self) -> None:
-        for _ in self._threads:
+        with self._lock:
+            self._stopping = True
+            threads = list(self._threads)
+        for _ in threads:
             self._waiting.put((2**62, next(self._order), None))
-        for thread in self._threads:
-            if self._running.get(thread) not in self._abandoned:
-                thread.join()
+        for thread in threads:
+            thread.join()
 
 
 class ProcessEngine(Engine):
@@ -148,6 +190,7 @@ class ProcessEngine(Engine):
         self.direct: Callable[[Parts], bool] | None = None
         self.lane: socket.socket | None = None
         self.lingering: LingerTurn | None = None
+        self._tickets = itertools.count(1)
 
     def start(self, context: WorkerContext) -> None:
         self._context = context
@@ -155,6 +198,7 @@ class ProcessEngine(Engine):
         self.direct = context.direct_results()
         self.lane = context.lane() if self.direct is not None else None
         self.lingering = LingerTurn() if self.lane is not None else None
+        self.gates = StartGates(self.num_workers)
         self._slots = [_WorkerSlot(i, self) for i in range(self.num_workers)]
         for slot in self._slots:  # fork every worker before any thread of ours exists
             slot.spawn()
@@ -164,8 +208,9 @@ class ProcessEngine(Engine):
 
     def submit(self, request: Routing, parts: Parts) -> Future[list[Parts]]:
         future: Future[list[Parts]] = Future()
-        stamp = _STAMP.pack(request.received or math.nan)
-        task = _Task([[stamp], parts], future, request.topic)
+        ticket = 0 if request.timeout is None else next(self._tickets)
+        stamp = _STAMP.pack(request.received or math.nan, ticket)
+        task = _Task([[stamp], parts], future, request.topic, ticket)
         with self._lock:
             if not self._idle:
                 heapq.heappush(self._waiting, (-request.priority, next(self._order), task))
@@ -191,10 +236,12 @@ class ProcessEngine(Engine):
             return None
 
     def cancel(self, future: Future[list[Parts]]) -> bool:
-        """Drop a waiting task, or kill the worker running it (a fresh worker replaces it)."""
+        """Drop a waiting task; have its worker skip it if it has not started it yet (it waits
+        behind the worker's lane task); else kill the worker running it (a fresh worker
+        replaces it)."""
         if future.cancel():
             return True
-        return any(slot.kill_if_running(future) for slot in self._slots)
+        return any(slot.give_up(future) for slot in self._slots)
 
     def abort(self) -> None:
         """Kill every worker, even mid-task (lane tasks too); none is replaced."""
@@ -213,6 +260,7 @@ class ProcessEngine(Engine):
                 slot.lane_slot.close()
         if self.lingering is not None:
             self.lingering.close()
+        self.gates.close()
         for fd in self.lifeline:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -233,6 +281,7 @@ class _Task:
     messages: list[Parts]
     future: Future[list[Parts]]
     topic: str
+    ticket: int = 0  # at the worker's StartGate; 0 when the server never gives up on the task
 
 
 class _WorkerSlot:
@@ -252,17 +301,22 @@ class _WorkerSlot:
         self._current: _Task | None = None
         self._killed = False
         self.lane_slot = LaneSlot() if engine.lane is not None else None
+        self.gate = engine.gates.gate(index)
 
     @property
     def lane_busy(self) -> bool:
         return self.lane_slot is not None and self.lane_slot.busy
 
-    def kill_if_running(self, future: Future[list[Parts]]) -> bool:
-        """Kill the worker if it runs `future`'s task; it is replaced before the next task."""
+    def give_up(self, future: Future[list[Parts]]) -> bool:
+        """Stop `future`'s task if it is this worker's: if the worker has not started it (it
+        runs a lane task first), it skips it and says so; if it has, it is killed, and
+        replaced before the next task."""
         with self._lock:
-            if self._current is None or self._current.future is not future \
-                    or self.process is None:
+            task = self._current
+            if task is None or task.future is not future or self.process is None:
                 return False
+            if task.ticket and self.gate.skip(task.ticket):
+                return True
             self._killed = True
             self.process.kill()
             return True
@@ -280,7 +334,8 @@ class _WorkerSlot:
         self.process = _CONTEXT.Process(
             target=_worker_main, name=f"steersman-worker-{self.index}", daemon=False,
             args=(self.requests, self.replies, context, others, self.engine.lifeline,
-                  self.engine.direct, self.engine.lane, self.lane_slot, self.engine.lingering),
+                  self.engine.direct, self.engine.lane, self.lane_slot, self.engine.lingering,
+                  self.gate),
         )
         self.process.start()
         self.requests.close_reader()
@@ -317,6 +372,9 @@ class _WorkerSlot:
             if reply == _DELIVERED_NOTE:
                 self._finished(DELIVERED)
                 continue
+            if reply == _SKIPPED_NOTE:
+                self._finished(None)
+                continue
             _, flags = peek(reply)
             if flags & Flags.INTERMEDIATE:
                 if emit is not None and self._current is not None:
@@ -332,8 +390,10 @@ class _WorkerSlot:
         except Exception:
             logger.exception("could not forward an intermediate result")
 
-    def _finished(self, messages: list[Parts]) -> None:  # DELIVERED: sent by the worker
-        """The final reply came: start the next task, then hand the result to the server."""
+    def _finished(self, messages: list[Parts] | None) -> None:
+        """The final reply came: start the next task, then hand the result to the server
+        (DELIVERED: the worker sent it to the thinker; None: the worker skipped the task, which
+        the server had given up on)."""
         with self._lock:
             task, self._current = self._current, None
             killed, self._killed = self._killed, False
@@ -341,7 +401,12 @@ class _WorkerSlot:
             self._replace()
         if not self.engine._stopping:
             self.begin(self.engine.next_task(self))
-        if task is not None:
+        if task is None:
+            return
+        if messages is None:
+            task.future.set_exception(CancelledError("the worker skipped the task: the server "
+                                                     "had given up on it"))
+        else:
             task.future.set_result(messages)
 
     def _relay(self, message: Frame) -> None:
@@ -421,7 +486,8 @@ class _WorkerSlot:
 def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerContext,
                  others: list[PipeChannel], lifeline: tuple[int, int],
                  direct: Callable[[Parts], bool] | None, lane: socket.socket | None,
-                 lane_slot: LaneSlot | None, lingering: LingerTurn | None) -> None:
+                 lane_slot: LaneSlot | None, lingering: LingerTurn | None,
+                 gate: StartGate) -> None:
     """A worker process: run requests one at a time until the server closes the pipe (and,
     with a lane, until no lane request waits either)."""
     _die_with_server(lifeline)
@@ -433,7 +499,7 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
     requests.close_writer()
     replies.close_reader()
     if lane is None or lane_slot is None or direct is None or lingering is None:
-        while _serve_one(requests, replies, context, direct):
+        while _serve_one(requests, replies, context, direct, gate):
             pass
         return
     inbound = _Inbound(requests, lane, lane_slot, lingering)
@@ -441,7 +507,7 @@ def _worker_main(requests: PipeChannel, replies: PipeChannel, context: WorkerCon
         if isinstance(source, bytes):
             _serve_lane(source, lane_slot, replies, context, direct)
         else:
-            _serve_one(requests, replies, context, direct)
+            _serve_one(requests, replies, context, direct, gate)
 
 
 class _Inbound:
@@ -517,6 +583,77 @@ class _Inbound:
         return {fd for fd, _ in self._poller.poll(timeout)}
 
 
+class StartGates:
+    """Where a worker and the server settle, once, whether a request with a timeout starts.
+
+    The server may give up on (time out) a request it wrote to a worker that has not read it
+    yet: the worker runs a lane task first. Killing the worker would kill that innocent lane
+    task; instead the server marks the request skipped, and the worker skips it when it gets
+    to it. Each worker slot has a record in a file mapped by the server and its workers: the
+    ticket of the request the worker started, and the ticket of the one to skip. A POSIX
+    record lock of the slot's record orders the two decisions (a worker killed holding it
+    gives it up as it dies). Only requests with a timeout have a ticket: the others cost
+    nothing here.
+    """
+
+    _RECORD = struct.Struct("<QQ")  # started, skipped
+
+    def __init__(self, count: int):
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (held for the engine's life; unlinked)
+        self._file.truncate(count * self._RECORD.size)
+        self._memory = mmap.mmap(self._file.fileno(), count * self._RECORD.size)
+
+    def gate(self, index: int) -> StartGate:
+        return StartGate(self._file.fileno(), self._memory, index * self._RECORD.size)
+
+    def close(self) -> None:
+        self._memory.close()
+        self._file.close()
+
+
+class StartGate:
+    """One worker slot's record of :class:`StartGates`."""
+
+    _RECORD = StartGates._RECORD
+
+    def __init__(self, fd: int, memory: mmap.mmap, offset: int):
+        self._fd, self._memory, self._offset = fd, memory, offset
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        size = self._RECORD.size
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, size, self._offset, os.SEEK_SET)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, size, self._offset, os.SEEK_SET)
+
+    def start(self, ticket: int) -> bool:
+        """In the worker, before it runs the request: False if it must skip it instead."""
+        with self._locked():
+            _, skipped = self._RECORD.unpack_from(self._memory, self._offset)
+            if skipped == ticket:
+                return False
+            self._RECORD.pack_into(self._memory, self._offset, ticket, skipped)
+            return True
+
+    def end(self) -> None:
+        """In the worker, once the request ran: no need to kill it to stop the request."""
+        with self._locked():
+            _, skipped = self._RECORD.unpack_from(self._memory, self._offset)
+            self._RECORD.pack_into(self._memory, self._offset, 0, skipped)
+
+    def skip(self, ticket: int) -> bool:
+        """In the server, giving up on the request: False if the worker runs it now (only
+        killing the worker stops it); True if it will skip it, or already ran it."""
+        with self._locked():
+            started, _ = self._RECORD.unpack_from(self._memory, self._offset)
+            if started == ticket:
+                return False
+            self._RECORD.pack_into(self._memory, self._offset, started, ticket)
+            return True
+
+
 class LingerTurn:
     """The turn to linger, which one worker process holds at a time.
 
@@ -578,16 +715,20 @@ def _serve_lane(request: bytes, slot: LaneSlot, replies: PipeChannel, context: W
 
 
 def _serve_one(requests: PipeChannel, replies: PipeChannel, context: WorkerContext,
-               direct: Callable[[Parts], bool] | None) -> bool:
-    """Run the next request; False once the server closed the pipe. Nothing of the request
-    outlives the call, so the server may reuse its memory while this worker waits."""
+               direct: Callable[[Parts], bool] | None, gate: StartGate) -> bool:
+    """Run the next request (or skip it, if the server gave up on it before it started);
+    False once the server closed the pipe. Nothing of the request outlives the call, so the
+    server may reuse its memory while this worker waits."""
     try:
         stamp = requests.read(None)
         request = requests.read(None)
     except EOFError:
         return False
     assert stamp is not None and request is not None
-    (received,) = _STAMP.unpack_from(stamp)
+    received, ticket = _STAMP.unpack_from(stamp)
+    if ticket and not gate.start(ticket):
+        replies.write([_SKIPPED_NOTE])
+        return True
     streamed = False
 
     def stream(topic: str, parts: Parts) -> None:
@@ -597,6 +738,8 @@ def _serve_one(requests: PipeChannel, replies: PipeChannel, context: WorkerConte
 
     *held, final = execute_request(context.methods, request, context.key, stream, EXECUTOR,
                                    None if math.isnan(received) else received)
+    if ticket:
+        gate.end()  # from now on the server need not kill this worker to stop the task
     for parts in held:
         replies.write(parts)
     # Failures go through the server, which decides on retries; so does a final result after

@@ -48,6 +48,8 @@ Spec = dict[str, Any] | None
 _SIZE = struct.Struct("<Q")
 _TIME_FILE = ".steersman-execute-time"
 _STDERR_TAIL = 4000
+#: How long to wait for the interchange to answer a command (seconds).
+_COMMAND_SECONDS = 10.0
 
 
 class ParslBackend(Backend):
@@ -107,6 +109,20 @@ class ParslBackend(Backend):
     def cancel(self, future: Future[Any]) -> bool:
         return False  # a cancelled HighThroughputExecutor future breaks its result thread
 
+    def workers(self) -> int | None:
+        """A HighThroughputExecutor's connected workers (None for other executors, or when the
+        interchange does not answer within seconds, or no worker is connected yet)."""
+        client = getattr(self._executor, "command_client", None) if self.priorities else None
+        if client is None:
+            return None
+        try:
+            managers = client.run("MANAGERS", timeout_s=_COMMAND_SECONDS)
+            count = sum(int(m["worker_count"]) for m in managers if m.get("active", True))
+        except Exception as exc:
+            logger.warning("could not count the workers of executor %r: %r", self.label, exc)
+            return None
+        return count or None
+
     def shutdown(self) -> None:
         """Nothing of its own: the engine cleans up the whole Parsl configuration."""
 
@@ -148,9 +164,6 @@ class ParslEngine(ExecutorEngine):
         self._count(label, chain.future)
         chain.start(join(parts))
         return chain.future
-
-    def cancel(self, future: Future[list[Parts]]) -> bool:
-        return False  # see ParslBackend.cancel; the server drops the late result
 
     def shutdown(self) -> None:
         import parsl

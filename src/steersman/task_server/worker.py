@@ -8,7 +8,7 @@ from time import time
 
 from steersman.exceptions import MessageError
 from steersman.models.messages import Kind, decode, encode, join
-from steersman.models.methods import TaskMethod
+from steersman.models.methods import TASK_ERRORS, TaskMethod
 from steersman.models.result import Result
 from steersman.models.serialization import Frame
 from steersman.task_server.engine import Parts
@@ -53,7 +53,10 @@ def execute_request(
         else:
             held.append(parts)
 
-    methods[result.method](result, send_partial)
+    try:
+        methods[result.method](result, send_partial)
+    except TASK_ERRORS as exc:  # raised by the method's own code, outside its function
+        result.set_failure(exc)
     _proxy_large_value(result)
     return [*held, encode_final(result, key)]
 
@@ -74,7 +77,7 @@ def encode_final(result: Result, key: bytes | None) -> Parts:
     result.timestamp.result_sent = time()
     try:
         return encode(Kind.RESULT, result, key=key, with_inputs=result.keep_inputs)
-    except Exception as exc:
+    except TASK_ERRORS as exc:  # a value's own pickling code may raise anything
         result.set_failure(TypeError(f"the task's value could not be serialized: {exc!r}"))
         return encode(Kind.RESULT, result, key=key, with_inputs=result.keep_inputs)
 
