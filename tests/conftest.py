@@ -54,6 +54,7 @@ import socket  # noqa: E402
 import subprocess  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 
 def _free_port() -> int:
@@ -167,3 +168,19 @@ class UnpickleMarker:
 
     def __reduce__(self) -> tuple:
         return (Path.touch, (self.path,))
+
+
+@pytest.fixture
+def file_store(tmp_path: Path) -> Iterator[Any]:
+    """A registered ProxyStore file store in a fresh directory, without a cache."""
+    import uuid
+
+    from proxystore.connectors.file import FileConnector
+    from proxystore.store import Store, register_store, unregister_store
+
+    store: Any = Store(f"test-file-{uuid.uuid4().hex[:8]}", FileConnector(str(tmp_path / "ps")),
+                       cache_size=0)
+    register_store(store)
+    yield store
+    unregister_store(store)
+    store.close()

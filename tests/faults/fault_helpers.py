@@ -97,3 +97,23 @@ def make_fifo(directory: Path, name: str = "pid.fifo") -> Path:
     path = directory / name
     os.mkfifo(path)
     return path
+
+
+def strand_then_stop(queues: BaseQueues, fifo: Path, *, timeout: float, waiting: int,
+                     wait: float) -> list[Result]:
+    """Hang the only worker in a task that times out (it waits on `fifo`), queue `waiting`
+    tasks behind it, send the kill signal: the failed Results of those tasks, checked to be
+    theirs and to say they could not start."""
+    queues.send_inputs(str(fifo), method="wait_fifo", timeout=timeout)
+    timed_out = queues.get_result(timeout=wait)
+    assert timed_out is not None and timed_out.timed_out
+    sent = {queues.send_inputs(i, method="double") for i in range(waiting)}
+    assert queues.get_result(timeout=timeout) is None  # they wait for the hung worker
+    queues.send_kill_signal()
+    failed = [queues.get_result(timeout=wait) for _ in range(waiting)]
+    assert None not in failed, "tasks waiting for the hung worker never came back"
+    results = [r for r in failed if r is not None]
+    assert {r.task_id for r in results} == sent
+    for result in results:
+        assert not result.success and "could not start" in result.failure_info.exception
+    return results

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import fault_tasks as tasks
 import pytest
-from fault_helpers import make_fifo
+from fault_helpers import make_fifo, strand_then_stop
 
 from steersman import LocalTaskServer, PipeQueues
 from steersman.task_server import ExecutorTaskServer
@@ -79,18 +79,8 @@ def test_kill_signal_fails_tasks_no_thread_of_the_pool_can_start(fifo: Path) -> 
     server.start()
     stopped = False
     try:
-        queues.send_inputs(str(fifo), method="wait_fifo", timeout=0.2)
-        assert queues.get_result(timeout=10).timed_out
-        waiting = {queues.send_inputs(i, method="double") for i in range(3)}
-        assert queues.get_result(timeout=0.3) is None  # they wait for the hung thread
-        queues.send_kill_signal()
-        failed = [queues.get_result(timeout=10) for _ in range(3)]
-        assert None not in failed, "tasks waiting for the hung thread never came back"
-        assert {r.task_id for r in failed} == waiting
-        for result in failed:
-            assert not result.success
-            assert "could not start" in result.failure_info.exception
-            assert "'pool'" in result.failure_info.exception
+        failed = strand_then_stop(queues, fifo, timeout=0.2, waiting=3, wait=10)
+        assert all("'pool'" in result.failure_info.exception for result in failed)
         server.join(20)
         stopped = server.exitcode is not None
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import fault_tasks as tasks
 import pytest
-from fault_helpers import make_fifo
+from fault_helpers import make_fifo, strand_then_stop
 
 from steersman import PipeQueues
 
@@ -38,16 +38,7 @@ def test_kill_signal_fails_tasks_no_parsl_worker_can_start(tmp_path: Path) -> No
     try:
         queues.send_inputs(1, method="double")
         assert queues.get_result(timeout=60).value == 2  # the worker is up
-        queues.send_inputs(str(fifo), method="wait_fifo", timeout=0.5)
-        assert queues.get_result(timeout=20).timed_out
-        waiting = {queues.send_inputs(i, method="double") for i in range(2)}
-        assert queues.get_result(timeout=0.5) is None  # they wait for the hung worker
-        queues.send_kill_signal()
-        failed = [queues.get_result(timeout=30) for _ in range(2)]
-        assert None not in failed, "tasks waiting for the hung worker never came back"
-        assert {r.task_id for r in failed} == waiting
-        for result in failed:
-            assert not result.success and "could not start" in result.failure_info.exception
+        strand_then_stop(queues, fifo, timeout=0.5, waiting=2, wait=30)
         server.join(30)
         assert server.exitcode == 0, "the server did not stop: its only worker hangs"
     finally:

@@ -61,17 +61,6 @@ def methods() -> list[Callable[..., Any]]:
 
 
 @pytest.fixture
-def file_store(tmp_path: Path) -> Iterator[Store[Any]]:
-    """A registered file store in a fresh directory."""
-    store = Store(f"test-file-{uuid.uuid4().hex[:8]}", FileConnector(str(tmp_path / "ps")),
-                  cache_size=0)
-    register_store(store)
-    yield store
-    unregister_store(store)
-    store.close()
-
-
-@pytest.fixture
 def redis_store(make_redis_server: Callable[..., Any]) -> Iterator[Store[Any]]:
     """A registered Redis store on a redis-server of the test's own (so its keys can be counted)."""
     server = make_redis_server()

@@ -4,14 +4,10 @@ pre-processing sees its inputs as the local engines give them, and cleans up whe
 from __future__ import annotations
 
 import tempfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from proxystore.connectors.file import FileConnector
-from proxystore.store import Store, register_store, unregister_store
 
 from steersman import ExecutableMethod, PipeQueues, Result
 from steersman.models.messages import Kind, decode, encode, join
@@ -32,16 +28,6 @@ class Inspect(ExecutableMethod):
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store[Any]]:
-    store = Store(f"test-file-{uuid.uuid4().hex[:8]}", FileConnector(str(tmp_path / "ps")),
-                  cache_size=0)
-    register_store(store)
-    yield store
-    unregister_store(store)
-    store.close()
-
-
-@pytest.fixture
 def run_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Where run directories are made during the test."""
     path = tmp_path / "runs"
@@ -56,8 +42,8 @@ def request(queues: PipeQueues, *args: Any, **kwargs: Any) -> bytes:
     return bytes(join(encode(Kind.REQUEST, result)))
 
 
-def test_preprocess_gets_proxied_inputs_resolved(store: Store[Any], run_dirs: Path) -> None:
-    queues = PipeQueues(proxystore_name=store.name, proxystore_threshold=1000)
+def test_preprocess_gets_proxied_inputs_resolved(file_store: Any, run_dirs: Path) -> None:
+    queues = PipeQueues(proxystore_name=file_store.name, proxystore_threshold=1000)
     outcome = _prepare_executable(Inspect(), request(queues, b"x" * 5000), None, "cpu")
     assert isinstance(outcome, tuple), decode(outcome[0]).result
     prepared, run_dir, command = outcome
