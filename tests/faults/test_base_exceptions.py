@@ -1,6 +1,6 @@
-"""A task raising a BaseException that is neither SystemExit nor KeyboardInterrupt (a user's
-own subclass, asyncio.CancelledError) fails like any other on every engine: a failed Result
-naming the exception, the worker goes on with the next task, the server stops cleanly."""
+"""A task raising a BaseException (SystemExit, KeyboardInterrupt, a user's own subclass,
+asyncio.CancelledError) fails like any other on every engine: a failed Result naming the
+exception, the worker goes on with the next task, the server stops cleanly."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from steersman import LocalTaskServer, PipeQueues
 from steersman.task_server import ExecutorTaskServer
 from steersman.task_server.base import TaskServer
 
-METHODS = [tasks.raise_abort, tasks.raise_cancelled, tasks.double]
+METHODS = [tasks.raise_abort, tasks.raise_cancelled, tasks.exit_with, tasks.interrupt,
+           tasks.double]
 FORK = multiprocessing.get_context("fork")
 
 
@@ -58,10 +59,16 @@ def test_a_base_exception_of_the_task_fails_it_and_the_worker_serves_on(
         queues: PipeQueues) -> None:
     queues.send_inputs("stop here", method="raise_abort")
     queues.send_inputs(method="raise_cancelled")
+    queues.send_inputs(3, method="exit_with")
+    queues.send_inputs(method="interrupt")
     queues.send_inputs(21, method="double")
-    results = [queues.get_result(timeout=15) for _ in range(3)]
+    results = [queues.get_result(timeout=15) for _ in range(5)]
     assert None not in results, "a task that raised a BaseException never came back"
     by_method = {r.method: r for r in results}
+    exited, interrupted = by_method["exit_with"], by_method["interrupt"]
+    assert not exited.success and exited.failure_info.exception == "SystemExit(3)"
+    assert not exited.failure_info.worker_lost
+    assert not interrupted.success and "KeyboardInterrupt" in interrupted.failure_info.exception
     aborted, cancelled = by_method["raise_abort"], by_method["raise_cancelled"]
     assert not aborted.success and not aborted.failure_info.worker_lost
     assert aborted.failure_info.exception == "Abort('stop here')"

@@ -92,31 +92,3 @@ def test_bad_tasks_fail_clearly_and_the_campaign_finishes(
 
     assert sorted(r.value for r in thinker.by_method("double")) == [2 * i for i in range(10)]
     assert not thinker.duplicates and queues.active_count == 0
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("threads", [True, False], ids=["threads", "processes"])
-def test_task_calling_sys_exit_fails_like_any_other(threads: bool) -> None:
-    """SystemExit and KeyboardInterrupt raised by a task give a failed Result naming them; the
-    worker (the only one) goes on with the next task and the server stops cleanly."""
-    queues = PipeQueues()
-    server = LocalTaskServer(queues, [tasks.exit_with, tasks.interrupt, tasks.double],
-                             threads=threads, num_workers=1)
-    server.start()
-    try:
-        queues.send_inputs(3, method="exit_with")
-        queues.send_inputs(method="interrupt")
-        queues.send_inputs(21, method="double")
-        results = [queues.get_result(timeout=20) for _ in range(3)]
-        assert None not in results, "a task that raised SystemExit never came back"
-        by_method = {r.method: r for r in results}
-        exited, interrupted = by_method["exit_with"], by_method["interrupt"]
-        assert not exited.success and exited.failure_info.exception == "SystemExit(3)"
-        assert not exited.failure_info.worker_lost
-        assert not interrupted.success and "KeyboardInterrupt" in interrupted.failure_info.exception
-        assert by_method["double"].value == 42
-    finally:
-        queues.send_kill_signal()
-        server.join(20)
-    assert server.exitcode == 0
-    queues.close()
